@@ -1,0 +1,525 @@
+"""Model configuration: a checkpoint's config.json as three small frozen dataclasses.
+
+A llava-hf config.json is sparse. The published llava-1.5-7b-hf file gives only three fields of its
+language model (`vocab_size`, `max_position_embeddings`, `rms_norm_eps`) and relies on Transformers
+to fill in the rest. This module fills every omitted field with the value Transformers 5.24 gives it,
+so that minillava builds exactly the model `LlavaForConditionalGeneration.from_pretrained` builds.
+
+Where the defaults come from (paths inside the `transformers` package):
+
+- `models/llava/configuration_llava.py`, `LlavaConfig`: the top-level fields, and
+  `sub_configs_defaults`, which builds a CLIP ViT-L/14-336 vision tower *only when `vision_config` is
+  absent*. A `vision_config` dict, even a partial or empty one, is passed to `CLIPVisionConfig(**d)`
+  and so gets CLIP ViT-B/32 class defaults for the missing fields (`create_subconfig` in
+  `configuration_utils.py`). `text_config` has no overrides: absent or partial, it gets `LlamaConfig`
+  class defaults.
+- `models/clip/configuration_clip.py`, `CLIPVisionConfig`: the vision class defaults.
+- `models/llama/configuration_llama.py`, `LlamaConfig`: the text class defaults, and the rules
+  `num_key_value_heads = None -> num_attention_heads`, `head_dim = None -> hidden_size // heads`.
+- `modeling_rope_utils.py`, `RotaryEmbeddingConfigMixin`: how the old `rope_theta` / `rope_scaling`
+  keys and the 5.x `rope_parameters` dict become one set of RoPE parameters.
+
+Transformers validates less than we do in a few places (it accepts `num_key_value_heads` that do not
+divide `num_attention_heads`, out-of-range `vision_feature_layer`, image sizes that are not a multiple
+of the patch size, and unknown activations until the model is built). Those fail later, inside the
+model, with an unhelpful message; here they fail at load time with the field and the value named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu", "gelu_new")
+"""Activation names (Transformers' `ACT2FN` keys) that minillava's layers implement."""
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+"""RoPE variants of `modeling_rope_utils.ROPE_INIT_FUNCTIONS` (plus "default") that minillava accepts.
+
+"dynamic" (dynamic NTK) recomputes the frequencies from the current sequence length once it exceeds
+`max_position_embeddings`: theta' = theta * (factor * seq_len / max_pos - (factor - 1)) ** (d / (d - 2)),
+see `_compute_dynamic_ntk_parameters` and `dynamic_rope_update`. Its only field is `factor`.
+"""
+
+VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+"""`default` drops the CLS token from the selected CLIP features, `full` keeps it."""
+
+# CLIPVisionConfig's class defaults (openai/clip-vit-base-patch32): used for the fields a
+# `vision_config` dict leaves out.
+CLIP_VISION_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 32,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+# LlavaConfig.sub_configs_defaults["vision_config"].init_kwargs on top of the CLIP defaults
+# (CLIP ViT-L/14 at 336 px): used only when `vision_config` is absent (or null).
+LLAVA_VISION_DEFAULTS: dict[str, Any] = {
+    **CLIP_VISION_DEFAULTS,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+}
+
+# LlamaConfig's class defaults (Llama-2-7b sizes). Note max_position_embeddings 2048 and rms_norm_eps
+# 1e-6: llava-1.5's config.json overrides both (4096, 1e-5). `None` for num_key_value_heads and
+# head_dim means "derive it" (LlamaConfig.__post_init__).
+LLAMA_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,
+    "head_dim": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": False,
+    "pad_token_id": None,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+# RotaryEmbeddingConfigMixin.default_theta: the RoPE base when neither `rope_theta` nor a
+# `rope_theta` inside `rope_parameters` / `rope_scaling` is given.
+DEFAULT_ROPE_THETA = 10000.0
+
+# LlavaConfig's class defaults for its own fields.
+LLAVA_DEFAULTS: dict[str, Any] = {
+    "image_token_index": 32000,
+    "projector_hidden_act": "gelu",
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "multimodal_projector_bias": True,
+    "tie_word_embeddings": False,
+    "pad_token_id": None,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dataclasses
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The CLIP vision tower (Transformers' `CLIPVisionConfig`)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_channels: int
+    image_size: int
+    patch_size: int
+    hidden_act: str
+    layer_norm_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (CLIP has no separate head_dim field)."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image: a (image_size // patch_size)² grid, 576 for 336 px and 14 px patches."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        """Position embeddings: one per patch plus one for the CLS token."""
+        return self.num_patches + 1
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The Llama language model (Transformers' `LlamaConfig`), with the derived fields resolved.
+
+    `rope_scaling` is None for plain RoPE, else a dict with `rope_type` and exactly the fields that
+    variant needs: {"rope_type": "linear" | "dynamic", "factor"} or {"rope_type": "llama3", "factor",
+    "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}. The base is always
+    `rope_theta`.
+
+    `tie_word_embeddings` is the effective value for the LLaVA model (see `LlavaConfig`), which may
+    differ from the `text_config.tie_word_embeddings` Transformers stores.
+
+    `eos_token_id` is an int, a tuple of ints (a list in the JSON), or None.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_act: str
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    attention_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    pad_token_id: int | None
+    bos_token_id: int | None
+    eos_token_id: int | tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class LlavaConfig:
+    """LLaVA: a CLIP vision tower, a two-layer projector and a Llama language model.
+
+    `vision_feature_layer` is an index into CLIP's `hidden_states` (see `vision_layers_needed`), or a
+    tuple of them whose features are concatenated.
+
+    `tie_word_embeddings` decides whether `lm_head.weight` is `embed_tokens.weight`. In Transformers 5.24
+    `LlavaForConditionalGeneration` ties when its own config's `tie_word_embeddings` is true
+    (`PreTrainedModel.get_expanded_tied_weights_keys`), and `LlavaConfig.__post_init__` sets that to true
+    whenever `text_config.tie_word_embeddings` is true. So the effective value is
+    `top-level OR text_config`; a top-level `false` cannot switch off a `true` in text_config. Both
+    `tie_word_embeddings` fields here hold that effective value.
+    """
+
+    vision: VisionConfig
+    text: TextConfig
+    image_token_index: int
+    projector_hidden_act: str
+    vision_feature_layer: int | tuple[int, ...]
+    vision_feature_select_strategy: str
+    multimodal_projector_bias: bool
+    tie_word_embeddings: bool
+    pad_token_id: int | None
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Feature vectors per image: one per patch, plus CLS with the "full" strategy (576 for llava-1.5)."""
+        extra = 1 if self.vision_feature_select_strategy == "full" else 0
+        return self.vision.num_patches + extra
+
+    @property
+    def vision_layers_needed(self) -> int:
+        """How many CLIP encoder layers must run to produce the selected hidden state(s).
+
+        `hidden_states[0]` is the embeddings after `pre_layrnorm`, `hidden_states[i]` the output of
+        encoder layer i - 1, so index i needs i layers; a negative index counts from
+        num_hidden_layers + 1 (-2 with 24 layers is hidden_states[23]: 23 layers).
+        """
+        layers = self.vision_feature_layer
+        if isinstance(layers, int):
+            layers = (layers,)
+        num_states = self.vision.num_hidden_layers + 1
+        return max(index % num_states for index in layers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> LlavaConfig:
+    """Read a checkpoint's config.json; `path` is the checkpoint folder or the file itself."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if path.is_dir() and not file.is_file():
+        raise FileNotFoundError(f"no config.json in the folder {path}")
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such file or folder (give a checkpoint folder or its config.json)"
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from err
+    return config_from_dict(data, source=str(file))
+
+
+def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
+    """Build the config from a parsed config.json (the dict is not modified).
+
+    `source` names the origin in error messages (load_config passes the file's path).
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: the config must be a JSON object, got {type(d).__name__}")
+    top = _Section(d, "", source)
+
+    model_type = d.get("model_type", "llava")
+    if model_type != "llava":
+        raise top.error(
+            "model_type",
+            f"is {model_type!r}; only 'llava' (LLaVA-1.5, LlavaForConditionalGeneration) is supported",
+        )
+
+    vision = _vision_config(top.subsection("vision_config", "clip_vision_model"))
+    text_section = top.subsection("text_config", "llama")
+    tie = _bool(top, "tie_word_embeddings", LLAVA_DEFAULTS["tie_word_embeddings"])
+    # LlavaConfig.__post_init__: a true text_config.tie_word_embeddings turns the top-level one on.
+    tie = tie or _bool(text_section, "tie_word_embeddings", LLAMA_DEFAULTS["tie_word_embeddings"])
+    text = _text_config(text_section, tie_word_embeddings=tie)
+
+    # `image_token_id` is an alias (LlavaConfig.attribute_map); Transformers sets it after the
+    # dataclass fields, so it wins when both keys are present.
+    token_key = "image_token_id" if d.get("image_token_id") is not None else "image_token_index"
+    strategy = _str(top, "vision_feature_select_strategy", LLAVA_DEFAULTS["vision_feature_select_strategy"])
+    if strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+        raise top.error(
+            "vision_feature_select_strategy",
+            f"must be one of {VISION_FEATURE_SELECT_STRATEGIES}, got {strategy!r}",
+        )
+    return LlavaConfig(
+        vision=vision,
+        text=text,
+        image_token_index=_int(top, token_key, LLAVA_DEFAULTS["image_token_index"], minimum=0),
+        projector_hidden_act=_activation(top, "projector_hidden_act", LLAVA_DEFAULTS["projector_hidden_act"]),
+        vision_feature_layer=_feature_layer(top, vision.num_hidden_layers),
+        vision_feature_select_strategy=strategy,
+        multimodal_projector_bias=_bool(
+            top, "multimodal_projector_bias", LLAVA_DEFAULTS["multimodal_projector_bias"]
+        ),
+        tie_word_embeddings=tie,
+        pad_token_id=_token_id(top, "pad_token_id", LLAVA_DEFAULTS["pad_token_id"]),
+    )
+
+
+def _vision_config(sec: _Section) -> VisionConfig:
+    """CLIPVisionConfig: ViT-L/14-336 when `vision_config` is absent, else CLIP class defaults."""
+    defaults = LLAVA_VISION_DEFAULTS if sec.absent else CLIP_VISION_DEFAULTS
+    hidden = _int(sec, "hidden_size", defaults["hidden_size"])
+    heads = _int(sec, "num_attention_heads", defaults["num_attention_heads"])
+    if hidden % heads:
+        raise sec.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    image_size = _int(sec, "image_size", defaults["image_size"])
+    patch_size = _int(sec, "patch_size", defaults["patch_size"])
+    if image_size % patch_size:
+        raise sec.error("image_size", f"({image_size}) must be a multiple of patch_size ({patch_size})")
+    return VisionConfig(
+        hidden_size=hidden,
+        intermediate_size=_int(sec, "intermediate_size", defaults["intermediate_size"]),
+        num_hidden_layers=_int(sec, "num_hidden_layers", defaults["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_channels=_int(sec, "num_channels", defaults["num_channels"]),
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act=_activation(sec, "hidden_act", defaults["hidden_act"]),
+        layer_norm_eps=_float(sec, "layer_norm_eps", defaults["layer_norm_eps"]),
+    )
+
+
+def _text_config(sec: _Section, tie_word_embeddings: bool) -> TextConfig:
+    """LlamaConfig with class defaults, kv heads and head_dim derived as LlamaConfig.__post_init__ does."""
+    hidden = _int(sec, "hidden_size", LLAMA_DEFAULTS["hidden_size"])
+    heads = _int(sec, "num_attention_heads", LLAMA_DEFAULTS["num_attention_heads"])
+    # LlamaConfig.validate_architecture checks this even when head_dim is given explicitly.
+    if hidden % heads:
+        raise sec.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
+    kv_heads = _int(sec, "num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise sec.error(
+            "num_key_value_heads",
+            f"({kv_heads}) must divide num_attention_heads ({heads}) for grouped-query attention",
+        )
+    head_dim = _int(sec, "head_dim", hidden // heads)
+    if head_dim % 2:
+        raise sec.error("head_dim", f"({head_dim}) must be even: RoPE rotates pairs of channels")
+    max_positions = _int(sec, "max_position_embeddings", LLAMA_DEFAULTS["max_position_embeddings"])
+    rope_theta, rope_scaling = _rope(sec, max_positions)
+    return TextConfig(
+        vocab_size=_int(sec, "vocab_size", LLAMA_DEFAULTS["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=_int(sec, "intermediate_size", LLAMA_DEFAULTS["intermediate_size"]),
+        num_hidden_layers=_int(sec, "num_hidden_layers", LLAMA_DEFAULTS["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        hidden_act=_activation(sec, "hidden_act", LLAMA_DEFAULTS["hidden_act"]),
+        max_position_embeddings=max_positions,
+        rms_norm_eps=_float(sec, "rms_norm_eps", LLAMA_DEFAULTS["rms_norm_eps"]),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        attention_bias=_bool(sec, "attention_bias", LLAMA_DEFAULTS["attention_bias"]),
+        mlp_bias=_bool(sec, "mlp_bias", LLAMA_DEFAULTS["mlp_bias"]),
+        tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=_token_id(sec, "pad_token_id", LLAMA_DEFAULTS["pad_token_id"]),
+        bos_token_id=_token_id(sec, "bos_token_id", LLAMA_DEFAULTS["bos_token_id"]),
+        eos_token_id=_token_id(sec, "eos_token_id", LLAMA_DEFAULTS["eos_token_id"], allow_list=True),
+    )
+
+
+def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
+    """Resolve RoPE as `RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` and
+    `standardize_rope_params` do, returning (rope_theta, rope_scaling).
+
+    - The parameters dict is `rope_scaling` (old name) if it is a non-empty dict, else
+      `rope_parameters` (5.x name, what save_pretrained writes), else empty.
+    - `rope_theta` inside that dict wins over a top-level `rope_theta`; the default is 10000.
+    - The variant is `rope_type`, else the old key `type`, else "default".
+    - llama3's `original_max_position_embeddings` defaults to `max_position_embeddings`; a top-level
+      `original_max_position_embeddings` in text_config overrides the dict's value (standardize_rope_params
+      runs again when the rotary embedding is built, and then prefers the attribute).
+    """
+    scaling = sec.data.get("rope_scaling")
+    key = "rope_scaling" if scaling else "rope_parameters"
+    params = sec.data.get(key)
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise sec.error(key, f"must be a JSON object, got {params!r}")
+    rope = _Section(params, f"{sec.name}{key}.", sec.source)
+
+    theta = _float(rope, "rope_theta", None) if "rope_theta" in params else None
+    if theta is None:
+        theta = _float(sec, "rope_theta", DEFAULT_ROPE_THETA)
+
+    type_key = "rope_type" if "rope_type" in params else "type"
+    rope_type = params.get(type_key, "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise rope.error(
+            type_key, f"is {rope_type!r}; minillava supports the RoPE types {SUPPORTED_ROPE_TYPES}"
+        )
+    if rope_type == "default":
+        return theta, None  # LlamaRotaryEmbedding's default path ignores every other key
+
+    # Transformers' linear/dynamic/llama3 rotate only partial_rotary_factor * head_dim channels; the
+    # factor may sit in the RoPE dict or at the top of text_config.
+    partial_sec = rope if "partial_rotary_factor" in params else sec
+    partial = _float(partial_sec, "partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        raise partial_sec.error(
+            "partial_rotary_factor", f"is {partial}; only 1.0 (the whole head) is supported"
+        )
+
+    scaling_fields: dict[str, Any] = {"rope_type": rope_type, "factor": _float(rope, "factor", None)}
+    if rope_type == "llama3":
+        scaling_fields["low_freq_factor"] = _float(rope, "low_freq_factor", None)
+        scaling_fields["high_freq_factor"] = _float(rope, "high_freq_factor", None)
+        original = _int(rope, "original_max_position_embeddings", max_positions)
+        if sec.data.get("original_max_position_embeddings") is not None:
+            original = _int(sec, "original_max_position_embeddings", None)
+        scaling_fields["original_max_position_embeddings"] = original
+    return theta, scaling_fields
+
+
+def _feature_layer(sec: _Section, num_layers: int) -> int | tuple[int, ...]:
+    """`vision_feature_layer`: an int or a list (returned as a tuple) of CLIP hidden_states indices.
+
+    CLIP returns num_layers + 1 hidden states, so valid indices are -(num_layers + 1) .. num_layers.
+    """
+    key = "vision_feature_layer"
+    value = sec.data.get(key, LLAVA_DEFAULTS[key])
+    entries = value if isinstance(value, list) else [value]
+    if not entries:
+        raise sec.error(key, "is an empty list; give at least one layer index")
+    for entry in entries:
+        if not _is_int(entry) or not -(num_layers + 1) <= entry <= num_layers:
+            raise sec.error(
+                key,
+                f"must be an int or a list of ints between {-(num_layers + 1)} and {num_layers} "
+                f"(the vision tower has {num_layers} layers), got {value!r}",
+            )
+    return tuple(entries) if isinstance(value, list) else value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Typed field readers: each returns the value or the default, or raises a ValueError naming the field.
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Section:
+    """One JSON object of the config, with its dotted name for error messages ("text_config.")."""
+
+    def __init__(self, data: dict, name: str, source: str, absent: bool = False):
+        self.data = data
+        self.name = name
+        self.source = source
+        self.absent = absent  # True when the object was missing from the file (or null)
+
+    def error(self, key: str, problem: str) -> ValueError:
+        return ValueError(f"{self.source}: `{self.name}{key}` {problem}")
+
+    def subsection(self, key: str, model_type: str) -> _Section:
+        """The sub-config `key`, which must be absent/null or an object of `model_type`."""
+        value = self.data.get(key)
+        if value is None:
+            return _Section({}, f"{key}.", self.source, absent=True)
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a JSON object, got {value!r}")
+        sub = _Section(value, f"{self.name}{key}.", self.source)
+        found = value.get("model_type", model_type)
+        if found != model_type:
+            raise sub.error("model_type", f"is {found!r}; LLaVA-1.5 in minillava needs {model_type!r}")
+        return sub
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(sec: _Section, key: str, default: int | None, minimum: int = 1) -> int:
+    value = sec.data.get(key)
+    if value is None:
+        if default is None:
+            raise sec.error(key, "is required")
+        return default
+    if not _is_int(value) or value < minimum:
+        raise sec.error(key, f"must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(sec: _Section, key: str, default: float | None) -> float:
+    """A positive number; JSON ints are accepted (`"rope_theta": 10000`)."""
+    value = sec.data.get(key)
+    if value is None:
+        if default is None:
+            raise sec.error(key, "is required")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise sec.error(key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _bool(sec: _Section, key: str, default: bool) -> bool:
+    value = sec.data.get(key, default)
+    if not isinstance(value, bool):
+        raise sec.error(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _str(sec: _Section, key: str, default: str) -> str:
+    value = sec.data.get(key, default)
+    if not isinstance(value, str):
+        raise sec.error(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _activation(sec: _Section, key: str, default: str) -> str:
+    value = _str(sec, key, default)
+    if value not in SUPPORTED_ACTIVATIONS:
+        raise sec.error(key, f"is {value!r}; supported activations are {SUPPORTED_ACTIVATIONS}")
+    return value
+
+
+def _token_id(
+    sec: _Section, key: str, default: int | None, allow_list: bool = False
+) -> int | tuple[int, ...] | None:
+    """A special-token id: an int (negative ids such as -1 occur on the hub), null, or a list for eos."""
+    value = sec.data.get(key, default)
+    if value is None or _is_int(value):
+        return value
+    if allow_list and isinstance(value, list) and value and all(_is_int(v) for v in value):
+        return tuple(value)
+    kinds = "an int, a list of ints or null" if allow_list else "an int or null"
+    raise sec.error(key, f"must be {kinds}, got {value!r}")

@@ -1,0 +1,140 @@
+"""The small shared pieces: linear, LayerNorm, RMSNorm, activations, softmax.
+
+Every function takes arrays and returns arrays, works on NumPy and CuPy alike (``xp = xp_of(x)``),
+and computes in the dtype of its input ``x``. Weights may rest in another dtype (float16,
+memory-mapped) and are cast where they are used: ``w.astype(x.dtype, copy=False)`` is free when
+they already match.
+
+Shape letters: N = any number of leading axes, D = input features, F = output features.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import xp_of
+
+
+def linear(x, weight, bias=None):
+    """``y = x W^T + b``, torch.nn.Linear's convention (weight is [out, in]).
+
+    x: [N..., D], weight: [F, D], bias: [F] or None  ->  [N..., F]
+    """
+    D = x.shape[-1]
+    w = weight.astype(x.dtype, copy=False)  # [F, D]
+    # One 2-D matrix product over all leading axes (BLAS runs one big GEMM instead of a loop).
+    y = x.reshape(-1, D) @ w.T  # [N, F]
+    if bias is not None:
+        y += bias.astype(x.dtype, copy=False)  # [F] broadcast over rows
+    return y.reshape(*x.shape[:-1], w.shape[0])  # [N..., F]
+
+
+def layer_norm(x, weight, bias, eps):
+    """LayerNorm over the last axis (torch.nn.LayerNorm), statistics in float32.
+
+    x: [N..., D], weight/bias: [D]  ->  [N..., D]
+    """
+    xp = xp_of(x)
+    h = x.astype(xp.float32, copy=False)  # [N..., D]
+    mean = h.mean(axis=-1, keepdims=True)  # [N..., 1]
+    centered = h - mean  # [N..., D]
+    var = (centered * centered).mean(axis=-1, keepdims=True)  # [N..., 1] (biased, as torch)
+    h = centered / xp.sqrt(var + eps)  # [N..., D]
+    h = h * weight.astype(xp.float32, copy=False) + bias.astype(xp.float32, copy=False)
+    return h.astype(x.dtype, copy=False)
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm as LlamaRMSNorm: ``x / sqrt(mean(x^2) + eps)`` in float32, cast back, times the weight.
+
+    x: [N..., D], weight: [D]  ->  [N..., D]
+    """
+    xp = xp_of(x)
+    h = x.astype(xp.float32, copy=False)  # [N..., D]
+    variance = (h * h).mean(axis=-1, keepdims=True)  # [N..., 1]
+    h = h * (1.0 / xp.sqrt(variance + eps))  # [N..., D]
+    # LlamaRMSNorm casts back to the input dtype *before* scaling by the weight.
+    return weight.astype(x.dtype, copy=False) * h.astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations (Transformers' ACT2FN names)
+# ---------------------------------------------------------------------------------------------
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), written with tanh so that large |x| cannot overflow."""
+    xp = xp_of(x)
+    return 0.5 + 0.5 * xp.tanh(0.5 * x)
+
+
+def silu(x):
+    """SiLU / swish: x * sigmoid(x) (Llama's MLP gate)."""
+    return x * sigmoid(x)
+
+
+def quick_gelu(x):
+    """CLIP's GELU approximation: x * sigmoid(1.702 x) (OpenAI CLIP, Transformers QuickGELUActivation)."""
+    return x * sigmoid(1.702 * x)
+
+
+def erfc(x):
+    """Complementary error function, elementwise, for NumPy and CuPy alike (NumPy has no erf).
+
+    Chebyshev fit of Numerical Recipes (``erfcc``), evaluated in float64: fractional error below
+    1.2e-7 for every x, i.e. within about one float32 ulp of the exact value, so that GELU below
+    agrees with torch's erf-based GELU to float32 precision.
+    """
+    xp = xp_of(x)
+    z = xp.abs(x).astype(xp.float64)
+    t = 1.0 / (1.0 + 0.5 * z)
+    coefficients = (  # highest order first, Horner's scheme
+        0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
+        -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223,
+    )  # fmt: skip
+    poly = xp.zeros_like(t)
+    for c in coefficients:
+        poly = poly * t + c
+    y = t * xp.exp(-z * z + poly)  # erfc(|x|)
+    return xp.where(x >= 0, y, 2.0 - y)
+
+
+def gelu(x):
+    """Exact GELU: x * Phi(x) = x/2 * erfc(-x / sqrt(2)) (torch.nn.functional.gelu, approximate='none')."""
+    return (0.5 * x * erfc(-x / math.sqrt(2.0))).astype(x.dtype, copy=False)
+
+
+def gelu_tanh(x):
+    """GELU's tanh approximation (Transformers 'gelu_pytorch_tanh' and 'gelu_new')."""
+    xp = xp_of(x)
+    return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def relu(x):
+    xp = xp_of(x)
+    return xp.maximum(x, 0)
+
+
+ACTIVATIONS = {
+    "gelu": gelu,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_new": gelu_tanh,
+    "quick_gelu": quick_gelu,
+    "silu": silu,
+    "relu": relu,
+}
+
+
+def activation(name: str):
+    """The activation function for a config's ``hidden_act`` / ``projector_hidden_act`` name."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; minillava knows {sorted(ACTIVATIONS)}") from None
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax (subtract the row maximum before exp)."""
+    xp = xp_of(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)

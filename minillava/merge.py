@@ -1,0 +1,35 @@
+"""Putting the image into the sentence: image features replace the ``<image>`` token embeddings.
+
+The processor expands each ``<image>`` in the prompt to as many image tokens as the vision tower
+gives features (576 for llava-1.5). Here the embeddings at those positions are overwritten by the
+projected image features, in reading order: the first image's features fill the first image-token
+positions of the first sequence, and so on, batch row by batch row (Transformers' masked_scatter).
+
+Shape letters: B = batch, T = sequence length, D = hidden size, N = images, L = tokens per image.
+"""
+
+from __future__ import annotations
+
+from .backend import xp_of
+
+
+def count_image_tokens(input_ids, image_token_index):
+    """How many positions of input_ids [B, T] hold the image token."""
+    return int((input_ids == image_token_index).sum())
+
+
+def merge_image_features(inputs_embeds, input_ids, image_features, image_token_index):
+    """inputs_embeds: [B, T, D], input_ids: [B, T], image_features: [N, L, D]  ->  [B, T, D]"""
+    xp = xp_of(inputs_embeds)
+    is_image = input_ids == image_token_index  # [B, T]
+    n_tokens = int(is_image.sum())
+    N, L, D = image_features.shape
+    if n_tokens != N * L:
+        raise ValueError(
+            f"input_ids hold {n_tokens} image tokens (id {image_token_index}) but {N} image(s) give "
+            f"{N} x {L} = {N * L} features: each image needs exactly {L} image tokens"
+        )
+    merged = inputs_embeds.copy()  # [B, T, D]
+    # Boolean indexing walks [B, T] in row-major order: batch row by batch row, left to right.
+    merged[is_image] = image_features.reshape(N * L, D).astype(merged.dtype, copy=False)
+    return xp.ascontiguousarray(merged)

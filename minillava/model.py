@@ -1,0 +1,240 @@
+"""LLaVA glue: load a checkpoint folder, encode images, run the language model over the merged sequence.
+
+    pixel_values ─ vision_tower ─ select_features ─ multi_modal_projector ─┐ image_features [N, L, D]
+    input_ids ─ embed_tokens ───────────────────────────────────────────── merge ─ language_model ─ lm_head ─ logits
+
+``LlavaModel`` only holds the config and the parameters; every step is a function of the module
+named after it (vision.py, projector.py, merge.py, llama.py).
+
+Shape letters: B = batch, T = new positions, Tk = all positions incl. cached ones, N = images,
+C = channels, S = image side, L = image tokens per image, D = hidden size, V = vocab.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .config import LlavaConfig, load_config
+from .kv_cache import KVCache
+from .llama import embed_tokens, language_model, lm_head
+from .merge import count_image_tokens, merge_image_features
+from .projector import multi_modal_projector
+from .rope import inverse_frequencies
+from .trace import record
+from .vision import select_features, vision_tower
+from .weights import load_weights
+
+COMPUTE_DTYPES = ("float32", "float16")
+
+
+class LlavaModel:
+    """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the
+    checkpoint's modules), the ``device`` ("cpu" or "cuda") and the compute ``dtype``."""
+
+    def __init__(self, config: LlavaConfig, params: dict, device: str = "cpu", dtype: str = "float32"):
+        self.config = config
+        self.params = params
+        self.device = backend.check_device(device)
+        self.dtype = np.dtype(dtype)
+        self.xp = backend.namespace(device)
+        text = config.text
+        self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
+
+    # -- the two halves -------------------------------------------------------------------------
+
+    def encode_image(self, pixel_values, trace=None):
+        """Images to the language model's "words": CLIP features of the selected layer(s), projected.
+
+        pixel_values: [N, C, S, S] (NumPy or device array)  ->  image_features [N, L, D] (device array)
+        """
+        cfg = self.config
+        pixel_values = self._check_pixel_values(pixel_values)
+        x = self.xp.asarray(pixel_values, dtype=self.dtype)  # [N, C, S, S]
+        record(trace, "pixel_values", x)
+        hidden_states = vision_tower(
+            self.params["vision_tower"], x, cfg.vision, cfg.vision_layers_needed, trace
+        )  # (n_layers + 1) x [N, 1 + Np, Dv]
+        features = select_features(
+            hidden_states, self._feature_layer_indices(), cfg.vision_feature_select_strategy
+        )  # [N, L, Dv']
+        record(trace, "vision_features", features)
+        image_features = multi_modal_projector(
+            self.params["multi_modal_projector"], features, cfg.projector_hidden_act
+        )  # [N, L, D]
+        record(trace, "multi_modal_projector", image_features)
+        return image_features
+
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None, trace=None):
+        """Logits for every position, as LlavaForConditionalGeneration.forward gives them.
+
+        input_ids: [B, T] token ids (each <image> already expanded to L image tokens);
+        pixel_values: [N, C, S, S] or None, one entry per image, in the order their tokens appear;
+        attention_mask: [B, T] (or [B, Tk] with a cache), 1 for real tokens, 0 for padding;
+        position_ids: [B, T], default ``cache.length + arange(T)`` (as Transformers' forward);
+        cache: a KVCache from ``new_cache`` to continue from (prefill, then one-token steps);
+        trace: None, a dict or a callable ``(name, array)`` that receives named intermediates.
+        Returns logits [B, T, V] as a NumPy array.
+        """
+        logits = self.forward_device(input_ids, pixel_values, attention_mask, position_ids, cache, trace)
+        return backend.to_numpy(logits)
+
+    def forward_device(
+        self,
+        input_ids,
+        pixel_values=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        trace=None,
+        last_only=False,
+    ):
+        """``forward`` that leaves the logits on the device; ``last_only`` computes lm_head for the
+        last position only ([B, 1, V]), which is all a generation step needs."""
+        xp, cfg = self.xp, self.config
+        input_ids, attention_mask, position_ids = self._check_text_inputs(
+            input_ids, attention_mask, position_ids, cache
+        )
+        n_image_tokens = count_image_tokens(input_ids, cfg.image_token_index)
+        if pixel_values is not None:
+            pixel_values = self._check_pixel_values(pixel_values)
+            n_images = pixel_values.shape[0]
+            if n_image_tokens != n_images * cfg.num_image_tokens:
+                raise ValueError(
+                    f"input_ids hold {n_image_tokens} image tokens (id {cfg.image_token_index}) but "
+                    f"pixel_values has {n_images} image(s), which need {n_images} x {cfg.num_image_tokens} = "
+                    f"{n_images * cfg.num_image_tokens}: expand each <image> to {cfg.num_image_tokens} tokens "
+                    f"(the processor does this)"
+                )
+        elif n_image_tokens:
+            raise ValueError(
+                f"input_ids hold {n_image_tokens} image tokens (id {cfg.image_token_index}) but no pixel_values "
+                f"were given"
+            )
+
+        input_ids = xp.asarray(input_ids)  # [B, T]
+        embeds = embed_tokens(self.params["language_model"]["embed_tokens"]["weight"], input_ids)  # [B, T, D]
+        embeds = embeds.astype(self.dtype, copy=False)
+        record(trace, "language_model.embed_tokens", embeds)
+        if pixel_values is not None:
+            image_features = self.encode_image(pixel_values, trace)  # [N, L, D]
+            embeds = merge_image_features(embeds, input_ids, image_features, cfg.image_token_index)  # [B, T, D]
+        record(trace, "inputs_embeds", embeds)
+
+        attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
+        text_params = self.params["language_model"]
+        hidden = language_model(
+            text_params, embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace
+        )
+        # hidden: [B, T, D]
+        if last_only:
+            hidden = hidden[:, -1:]  # [B, 1, D]
+        logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]
+        record(trace, "lm_head", logits)
+        return logits
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
+        text = self.config.text
+        if max_len > text.max_position_embeddings:
+            raise ValueError(
+                f"max_len {max_len} exceeds the model's context (max_position_embeddings = "
+                f"{text.max_position_embeddings})"
+            )
+        return KVCache(
+            self.xp, text.num_hidden_layers, batch_size, text.num_key_value_heads, max_len, text.head_dim, self.dtype
+        )
+
+    # -- input checks: one clear error before any compute ----------------------------------------
+
+    def _feature_layer_indices(self):
+        """vision_feature_layer as non-negative indices into hidden_states (int or tuple)."""
+        n = self.config.vision.num_hidden_layers + 1  # hidden_states has embeddings + every layer
+        layers = self.config.vision_feature_layer
+        if isinstance(layers, tuple):
+            return tuple(i % n for i in layers)
+        return layers % n
+
+    def _check_pixel_values(self, pixel_values):
+        vision = self.config.vision
+        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        shape = tuple(getattr(pixel_values, "shape", ()))
+        if len(shape) != 4 or shape[1:] != expected:
+            raise ValueError(
+                f"pixel_values must have shape [N, {expected[0]}, {expected[1]}, {expected[2]}] for this model, "
+                f"got {list(shape) if shape else type(pixel_values).__name__}"
+            )
+        if not np.issubdtype(np.dtype(pixel_values.dtype), np.floating):
+            raise ValueError(f"pixel_values must be a float array, got dtype {pixel_values.dtype}")
+        return pixel_values
+
+    def _check_text_inputs(self, input_ids, attention_mask, position_ids, cache):
+        """Validate ids, mask and positions on the host; fill the defaults. Returns NumPy arrays."""
+        input_ids = backend.to_numpy(input_ids) if hasattr(input_ids, "shape") else np.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0 or not np.issubdtype(input_ids.dtype, np.integer):
+            raise ValueError(
+                f"input_ids must be a non-empty integer array [B, T], got shape {list(input_ids.shape)} "
+                f"dtype {input_ids.dtype}"
+            )
+        vocab = self.config.text.vocab_size
+        if input_ids.min() < 0 or input_ids.max() >= vocab:
+            raise ValueError(
+                f"input_ids must lie in [0, {vocab}) (vocab_size), got values from {input_ids.min()} to "
+                f"{input_ids.max()}"
+            )
+        B, T = input_ids.shape
+        start = 0 if cache is None else cache.length
+        if cache is not None and cache.batch != B:
+            raise ValueError(f"the cache was made for batch size {cache.batch}, input_ids has {B} rows")
+        if start + T > self.config.text.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {start + T} positions exceeds the model's context (max_position_embeddings = "
+                f"{self.config.text.max_position_embeddings})"
+            )
+        if attention_mask is None:
+            attention_mask = np.ones((B, start + T), dtype=np.int64)
+        attention_mask = (
+            backend.to_numpy(attention_mask) if hasattr(attention_mask, "shape") else np.asarray(attention_mask)
+        )
+        if attention_mask.shape != (B, start + T):
+            raise ValueError(
+                f"attention_mask must have shape [B, cached + T] = [{B}, {start + T}], got {list(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            position_ids = np.broadcast_to(np.arange(start, start + T), (B, T))
+        position_ids = np.asarray(backend.to_numpy(position_ids) if hasattr(position_ids, "shape") else position_ids)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must have shape [B, T] = [{B}, {T}], got {list(position_ids.shape)}")
+        return input_ids, attention_mask, position_ids
+
+
+def _map_arrays(fn, tree):
+    """Apply fn to every array of a nested dict/list of parameters."""
+    if isinstance(tree, dict):
+        return {k: _map_arrays(fn, v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map_arrays(fn, v) for v in tree]
+    return fn(tree)
+
+
+def load_model(path, device: str = "cpu", dtype: str = "float32", low_memory: bool = False) -> LlavaModel:
+    """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded).
+
+    device: "cpu" (NumPy) or "cuda" (CuPy). dtype: the compute dtype, "float32" (the reference,
+    the default) or "float16". low_memory: keep the weights in the file's dtype, memory-mapped, and
+    cast each one where it is used, so llava-1.5-7b (14 GB of float16) runs in float32 on a 16 GB
+    machine at the cost of a cast per use.
+    """
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    backend.check_device(device)
+    if device == "cuda":
+        backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
+    folder = Path(path)
+    config = load_config(folder)
+    params = load_weights(folder, config, dtype=None if low_memory else dtype)
+    if device == "cuda":
+        params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
+    return LlavaModel(config, params, device=device, dtype=dtype)

@@ -1,0 +1,478 @@
+"""Loading a LLaVA checkpoint from safetensors into a nested dict of NumPy arrays.
+
+A checkpoint folder holds either one ``model.safetensors`` or several shards listed in
+``model.safetensors.index.json`` (its ``weight_map`` says which shard holds which tensor). The tensors
+come back as a nested dict named like the Transformers modules, so that model code reads
+``params["language_model"]["layers"][3]["self_attn"]["q_proj"]["weight"]``.
+
+The safetensors format, which we parse ourselves so that tensors can be memory-mapped and a truncated
+file is caught before any tensor is used::
+
+    [8 bytes]  N, the header length, little-endian unsigned 64-bit
+    [N bytes]  JSON header: {"name": {"dtype": "F16", "shape": [4096, 4096], "data_offsets": [begin, end]},
+                             ..., "__metadata__": {...}}
+    [rest]     the data buffer; a tensor's bytes are buffer[begin:end], row-major, little-endian
+
+(``safetensors.safe_open(..., framework="numpy")`` copies every tensor into memory, and NumPy cannot
+represent bfloat16, so we do not use it here.)
+
+Checkpoints name the same tensor differently depending on who saved them. All of these map to one
+canonical layout (``canonical_key``)::
+
+    hub llava-hf folders    language_model.model.*   language_model.lm_head.*   vision_tower.vision_model.*
+    Transformers 5.x save   language_model.model.*   language_model.lm_head.*   vision_tower.*
+    in-memory state_dict    model.language_model.*   lm_head.*                  model.vision_tower.*
+    canonical (ours)        language_model.*         lm_head.*                  vision_tower.*
+
+plus ``multi_modal_projector.*`` (``model.multi_modal_projector.*`` in memory).
+
+Shape letters used below (see ``expected_shapes``):
+    Dv vision hidden size        Fv vision MLP size       C image channels     P patch size
+    Np number of patches         D  text hidden size      F  text MLP size     V vocabulary size
+    H  attention heads           KV key/value heads       hd head dim          L  number of feature layers
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# safetensors dtype name -> the NumPy dtype of its bytes (always little-endian in the file).
+# bfloat16 has no NumPy dtype: we read its raw 16-bit patterns and decode them (``bfloat16_to_float32``).
+SAFETENSORS_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+# (checkpoint prefix, canonical prefix), tried in order: the first that matches wins, so longer
+# prefixes come before the shorter ones they start with.
+_PREFIXES = (
+    ("model.vision_tower.vision_model.", "vision_tower."),
+    ("model.vision_tower.", "vision_tower."),
+    ("vision_tower.vision_model.", "vision_tower."),
+    ("vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model."),
+    ("language_model.model.", "language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.", "language_model."),
+    ("lm_head.", "lm_head."),
+)
+
+# Buffers some checkpoints carry that are not weights: CLIP's position_ids (arange(Np+1)) and the
+# rotary inv_freq of old Llama checkpoints. Both are recomputed from the config.
+_IGNORED_SUFFIXES = (".position_ids", ".inv_freq")
+
+
+# --------------------------------------------------------------------------------------------------
+# Key names
+# --------------------------------------------------------------------------------------------------
+
+
+def canonical_key(key: str) -> str | None:
+    """The canonical dotted name of a checkpoint key, or None for a buffer that is not a weight.
+
+    >>> canonical_key("language_model.model.layers.0.mlp.up_proj.weight")
+    'language_model.layers.0.mlp.up_proj.weight'
+    >>> canonical_key("vision_tower.vision_model.embeddings.position_ids") is None
+    True
+
+    Raises ValueError for a key that belongs to none of the known layouts (e.g. llava-next's
+    ``image_newline``). Whether a known-looking key is really expected is decided by ``check_params``.
+    """
+    if key.endswith(_IGNORED_SUFFIXES):
+        return None
+    for old, new in _PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise ValueError(
+        f"checkpoint key {key!r} is not part of a LLaVA-1.5 model (expected names under vision_tower., "
+        "multi_modal_projector., language_model. or lm_head., with or without a leading model.)"
+    )
+
+
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Canonical dotted key -> shape of every tensor a LLaVA model with this config has.
+
+    ``config`` is a minillava LlavaConfig (``config.vision``, ``config.text`` and the llava fields).
+    Biases of the projector, the Llama attention and the Llama MLP appear only when the config says
+    the model has them (``multimodal_projector_bias``, ``attention_bias``, ``mlp_bias``).
+    """
+    v, t = config.vision, config.text
+    Dv, Fv, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
+    D, F, V = t.hidden_size, t.intermediate_size, t.vocab_size
+    H, KV, hd = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    layers = config.vision_feature_layer
+    L = 1 if isinstance(layers, int) else len(layers)
+
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_tower.embeddings.patch_embedding.weight": (Dv, C, P, P),  # a conv without bias
+        "vision_tower.embeddings.class_embedding": (Dv,),
+        "vision_tower.embeddings.position_embedding.weight": (v.num_positions, Dv),  # Np + 1 rows
+        "vision_tower.pre_layrnorm.weight": (Dv,),  # (sic) the name Transformers uses
+        "vision_tower.pre_layrnorm.bias": (Dv,),
+        "vision_tower.post_layernorm.weight": (Dv,),  # in every checkpoint, never used by llava
+        "vision_tower.post_layernorm.bias": (Dv,),
+    }
+    for i in range(v.num_hidden_layers):
+        p = f"vision_tower.encoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{name}.weight"] = (Dv, Dv)
+            shapes[p + f"self_attn.{name}.bias"] = (Dv,)
+        for name in ("layer_norm1", "layer_norm2"):
+            shapes[p + f"{name}.weight"] = (Dv,)
+            shapes[p + f"{name}.bias"] = (Dv,)
+        shapes[p + "mlp.fc1.weight"] = (Fv, Dv)
+        shapes[p + "mlp.fc1.bias"] = (Fv,)
+        shapes[p + "mlp.fc2.weight"] = (Dv, Fv)
+        shapes[p + "mlp.fc2.bias"] = (Dv,)
+
+    # The projector reads the selected vision layers concatenated on the feature axis.
+    shapes["multi_modal_projector.linear_1.weight"] = (D, Dv * L)
+    shapes["multi_modal_projector.linear_2.weight"] = (D, D)
+    if config.multimodal_projector_bias:
+        shapes["multi_modal_projector.linear_1.bias"] = (D,)
+        shapes["multi_modal_projector.linear_2.bias"] = (D,)
+
+    shapes["language_model.embed_tokens.weight"] = (V, D)
+    for i in range(t.num_hidden_layers):
+        p = f"language_model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (D,)
+        shapes[p + "post_attention_layernorm.weight"] = (D,)
+        attn = {"q_proj": (H * hd, D), "k_proj": (KV * hd, D), "v_proj": (KV * hd, D), "o_proj": (D, H * hd)}
+        for name, shape in attn.items():
+            shapes[p + f"self_attn.{name}.weight"] = shape
+            if t.attention_bias:
+                shapes[p + f"self_attn.{name}.bias"] = shape[:1]
+        mlp = {"gate_proj": (F, D), "up_proj": (F, D), "down_proj": (D, F)}
+        for name, shape in mlp.items():
+            shapes[p + f"mlp.{name}.weight"] = shape
+            if t.mlp_bias:
+                shapes[p + f"mlp.{name}.bias"] = shape[:1]
+    shapes["language_model.norm.weight"] = (D,)
+    shapes["lm_head.weight"] = (V, D)
+    return shapes
+
+
+def check_params(params: Mapping, config) -> None:
+    """Check that ``params`` holds exactly the tensors ``config`` asks for, each of the right shape.
+
+    ``params`` may be the nested dict ``load_weights`` returns or a flat {dotted key: array} dict.
+    Raises one ValueError listing every missing, misshapen and unexpected tensor.
+    """
+    _check_shapes({key: tuple(a.shape) for key, a in flatten(params).items()}, config)
+
+
+def _check_shapes(shapes: dict[str, tuple], config, sources: dict[str, str] | None = None) -> None:
+    """``check_params`` on shapes alone; ``sources`` (canonical key -> "key in file") names origins."""
+    sources = sources or {}
+
+    def origin(key):
+        return f" (from {sources[key]})" if key in sources else ""
+
+    expected = expected_shapes(config)
+    problems = []
+    for key, shape in expected.items():
+        if key not in shapes:
+            problems.append(f"missing tensor {key!r}, expected shape {shape}")
+        elif tuple(shapes[key]) != shape:
+            problems.append(f"tensor {key!r}{origin(key)} has shape {tuple(shapes[key])}, expected {shape}")
+    for key in shapes:
+        if key not in expected:
+            problems.append(
+                f"unexpected tensor {key!r}{origin(key)}: the config has no such weight "
+                "(check attention_bias, mlp_bias, multimodal_projector_bias and the layer counts)"
+            )
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ValueError("checkpoint does not match the config:\n  " + "\n  ".join(shown))
+
+
+# --------------------------------------------------------------------------------------------------
+# Nesting
+# --------------------------------------------------------------------------------------------------
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+    """{"a.layers.3.b.weight": x} -> {"a": {"layers": [..., {"b": {"weight": x}}]}}.
+
+    A level whose names are all integers (``layers.0``, ``layers.1``, ...) becomes a Python list; its
+    indices must run 0..n-1 without gaps.
+    """
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {key!r}: {'.'.join(parents[: i + 1])!r} is both a tensor and a module")
+        if leaf in node:
+            raise ValueError(f"key {key!r}: a module of that name exists already")
+        node[leaf] = value
+    return _lists_from_int_keys(tree, "")
+
+
+def _lists_from_int_keys(node, path: str):
+    if not isinstance(node, dict):
+        return node
+    children = {k: _lists_from_int_keys(v, f"{path}{k}.") for k, v in node.items()}
+    if children and all(k.isdigit() for k in children):
+        indices = sorted(int(k) for k in children)
+        if indices != list(range(len(indices))):
+            missing = sorted(set(range(indices[-1] + 1)) - set(indices))
+            raise ValueError(f"{path}* has numbered entries {indices}: missing {missing}")
+        return [children[str(i)] for i in indices]
+    return children
+
+
+def flatten(params: Mapping, prefix: str = "") -> dict[str, object]:
+    """The inverse of ``unflatten``: nested dicts and lists -> {dotted key: array}."""
+    flat = {}
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if isinstance(value, (Mapping, list)):
+            flat.update(flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading safetensors
+# --------------------------------------------------------------------------------------------------
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Decode bfloat16 bit patterns (uint16, any shape) to float32 of the same shape, exactly.
+
+    bfloat16 is the upper half of a float32 (sign, 8-bit exponent, 7-bit mantissa), so shifting the
+    16 bits into the high half of a 32-bit word gives the float32 with the same value; inf, nan,
+    -0.0 and subnormals included.
+    """
+    return (bits.astype(np.uint32) << 15).view(np.float32)
+
+
+def read_header(path: str) -> tuple[dict[str, dict], int]:
+    """Parse and validate a safetensors header.
+
+    Returns ({tensor name: {"dtype": str, "shape": tuple, "begin": int, "end": int}}, data_start) where
+    begin/end are byte offsets into the data buffer, which starts at byte ``data_start`` of the file.
+    Raises ValueError naming the file (and tensor) for a truncated or corrupt file.
+    """
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({file_size} bytes: truncated)")
+        header_size = int.from_bytes(prefix, "little")
+        if 8 + header_size > file_size:
+            raise ValueError(
+                f"{path}: header length {header_size} runs past the end of the {file_size}-byte file "
+                "(truncated or not a safetensors file)"
+            )
+        raw = f.read(header_size)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: the safetensors header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+
+    data_start = 8 + header_size
+    buffer_size = file_size - data_start
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise ValueError(f"{where}: header entry must have dtype, shape and data_offsets, got {info!r}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{where}: unknown or unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(n, int) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise ValueError(f"{where}: data_offsets must be [begin, end], begin <= end, got {offsets!r}")
+        begin, end = offsets
+        if end > buffer_size:
+            raise ValueError(
+                f"{where}: data_offsets {offsets} run past the end of the data buffer "
+                f"({buffer_size} bytes; the file is truncated)"
+            )
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if end - begin != nbytes:
+            raise ValueError(
+                f"{where}: data_offsets {offsets} span {end - begin} bytes, but {dtype} of shape {shape} "
+                f"needs {nbytes}"
+            )
+        tensors[name] = {"dtype": dtype, "shape": tuple(shape), "begin": begin, "end": end}
+    return tensors, data_start
+
+
+def _map_buffer(path: str, data_start: int) -> np.ndarray:
+    """The data buffer of a safetensors file as a read-only uint8 np.memmap (nothing is read yet)."""
+    size = os.path.getsize(path) - data_start
+    if size == 0:  # mmap cannot map zero bytes; only zero-size tensors can live here
+        return np.zeros(0, np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(size,))
+
+
+def _tensor(buffer: np.ndarray, info: dict, dtype: np.dtype | None) -> np.ndarray:
+    """One tensor from a mapped buffer: a memory-mapped view (dtype None), else a cast in-memory copy."""
+    raw = buffer[info["begin"] : info["end"]].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    if info["dtype"] == "BF16":
+        raw = bfloat16_to_float32(raw)  # decoding reads the bytes; the result lives in memory
+    if dtype is None:
+        return raw
+    return np.array(raw, dtype=dtype)  # a plain ndarray (not a memmap) holding its own data
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the files
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_files(folder: str) -> dict[str, list[str] | None]:
+    """{safetensors path: the tensor names to read from it, or None for all of them}.
+
+    A folder with ``model.safetensors`` is read from that file (Transformers prefers it too); otherwise
+    the index's ``weight_map`` {tensor name: shard file} says which shards to read and what each holds.
+    A path to a ``.safetensors`` file is read directly.
+    """
+    if os.path.isfile(folder) and folder.endswith(".safetensors"):
+        return {folder: None}
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"checkpoint folder {folder!r} does not exist")
+    single = os.path.join(folder, SINGLE_FILE)
+    if os.path.isfile(single):
+        return {single: None}
+    index_path = os.path.join(folder, INDEX_FILE)
+    if not os.path.isfile(index_path):
+        raise FileNotFoundError(f"checkpoint folder {folder!r} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index_path}: not valid JSON ({err})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ValueError(f"{index_path}: needs a 'weight_map' object of tensor name -> shard file name")
+
+    files: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        files.setdefault(os.path.join(folder, shard), []).append(name)
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"shard {path!r} named in {index_path} does not exist")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def load_weights(folder, config=None, dtype="float32") -> dict:
+    """Load a LLaVA checkpoint folder into a nested dict of arrays in the canonical layout.
+
+    folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json`` + shards
+            (or the path of one ``.safetensors`` file).
+    config: a minillava LlavaConfig. When given, a missing ``lm_head.weight`` with
+            ``tie_word_embeddings`` becomes the embed_tokens array itself, and every tensor is checked
+            against ``expected_shapes(config)`` before any data is read.
+    dtype:  "float32" or "float16": every tensor cast to that dtype, in memory (float32 is what the
+            CPU path computes in).
+            None: float16/float32 tensors stay as they are in the file, as read-only np.memmap views,
+            so opening a 14 GB checkpoint reads nothing until a weight is used; bfloat16 tensors, which
+            NumPy cannot hold, are decoded to float32 in memory.
+
+    Returns e.g. ``params["vision_tower"]["encoder"]["layers"][0]["mlp"]["fc1"]["weight"]`` [Fv, Dv] and
+    ``params["language_model"]["layers"][3]["self_attn"]["q_proj"]["weight"]`` [H*hd, D].
+    Raises FileNotFoundError for missing files and ValueError for corrupt files, unknown keys or a
+    checkpoint that does not match the config; never returns a partial result.
+    """
+    folder = os.fspath(folder)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise ValueError(f"dtype must be 'float32', 'float16' or None, got {dtype}")
+
+    # 1. Every header, every name checked before any tensor data is touched.
+    headers = {}  # path -> (tensor infos, data start)
+    plan = {}  # canonical key -> (path, checkpoint key)
+    for path, names in _checkpoint_files(folder).items():
+        tensors, data_start = read_header(path)
+        headers[path] = (tensors, data_start)
+        if names is None:
+            names = list(tensors)
+        for name in names:
+            if name not in tensors:
+                raise ValueError(f"{path}: has no tensor {name!r}, which {INDEX_FILE} says it holds")
+            try:
+                key = canonical_key(name)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+            if key is None:
+                continue
+            if tensors[name]["dtype"] not in FLOAT_DTYPES:
+                found = tensors[name]["dtype"]
+                raise ValueError(f"{path}: tensor {name!r} has dtype {found}, expected a float type")
+            if key in plan:
+                other_path, other = plan[key]
+                raise ValueError(
+                    f"{path}: tensor {name!r} and {other!r} (in {other_path}) both map to {key!r}: "
+                    "the checkpoint mixes key layouts"
+                )
+            plan[key] = (path, name)
+
+    tied = False
+    if config is not None:
+        shapes = {key: headers[path][0][name]["shape"] for key, (path, name) in plan.items()}
+        # Tied embeddings: the file leaves lm_head out and the model reuses embed_tokens. When a file has
+        # both, Transformers keeps both as they are, and so do we.
+        embed = "language_model.embed_tokens.weight"
+        tied = bool(config.tie_word_embeddings) and "lm_head.weight" not in plan and embed in plan
+        if tied:
+            shapes["lm_head.weight"] = shapes[embed]
+        _check_shapes(shapes, config, {key: f"{name!r} in {path}" for key, (path, name) in plan.items()})
+
+    # 2. The data: mapped views, or cast copies.
+    used = {path for path, _ in plan.values()}
+    buffers = {path: _map_buffer(path, headers[path][1]) for path in used}
+    flat = {}
+    for key, (path, name) in plan.items():
+        flat[key] = _tensor(buffers[path], headers[path][0][name], dtype)
+    if tied:
+        flat["lm_head.weight"] = flat["language_model.embed_tokens.weight"]  # the same array, not a copy
+    return unflatten(flat)

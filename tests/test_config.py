@@ -1,0 +1,397 @@
+"""minillava.config against Transformers' LlavaConfig: same values for every field, and clear errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minillava.config import LlavaConfig, config_from_dict, load_config
+
+DATA = Path(__file__).parent / "data"
+LLAVA_7B = DATA / "llava-1.5-7b-hf"
+
+# llama3 RoPE as Llama-3.1 ships it (old `rope_scaling` spelling).
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4}
+TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+
+CASES = {
+    "llava-1.5-7b": json.loads((LLAVA_7B / "config.json").read_text()),
+    "everything-absent": {"model_type": "llava"},
+    "model-type-absent": {},
+    "vision-partial": {"vision_config": {"hidden_size": 96, "num_hidden_layers": 4}},
+    "vision-empty-dict": {"vision_config": {}},
+    "vision-null": {"vision_config": None, "text_config": None},
+    "text-absent": {"vision_config": {"image_size": 336, "patch_size": 14}},
+    "text-partial": {"text_config": {"max_position_embeddings": 4096, "vocab_size": 32064}},
+    "gqa": {"text_config": {"num_attention_heads": 32, "num_key_value_heads": 8}},
+    "gqa-nulls": {"text_config": {"num_key_value_heads": None, "head_dim": None}},
+    "head-dim-explicit": {"text_config": {"hidden_size": 512, "num_attention_heads": 8, "head_dim": 32}},
+    "rope-theta-int": {"text_config": {"rope_theta": 500000}},
+    "rope-scaling-null": {"text_config": {"rope_theta": 1234.0, "rope_scaling": None}},
+    "rope-linear-type": {
+        "text_config": {"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    },
+    "rope-linear-rope-type-int-factor": {
+        "text_config": {"rope_scaling": {"rope_type": "linear", "factor": 4}}
+    },
+    "rope-dynamic": {"text_config": {"rope_scaling": {"type": "dynamic", "factor": 2.0}}},
+    "rope-llama3-rope-scaling": {
+        "text_config": {"rope_theta": 5e5, "max_position_embeddings": 131072, "rope_scaling": LLAMA3_SCALING}
+    },
+    "rope-llama3-type-key-no-original": {
+        "text_config": {
+            "max_position_embeddings": 4096,
+            "rope_scaling": {
+                "type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+            },
+        }
+    },
+    "rope-llama3-rope-parameters": {
+        "text_config": {
+            "max_position_embeddings": 131072,
+            "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 5e5},
+        }
+    },
+    "rope-llama3-top-level-original": {
+        "text_config": {
+            "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096,
+            "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 5e5},
+        }
+    },
+    "rope-parameters-theta-wins": {
+        "text_config": {
+            "rope_theta": 5e5,
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 3.0},
+        }
+    },
+    "rope-scaling-wins": {
+        "text_config": {
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10.0},
+            "rope_scaling": {"rope_type": "linear", "factor": 3.0},
+        }
+    },
+    "rope-default-partial-ignored": {"text_config": {"partial_rotary_factor": 0.5}},
+    "feature-layer-list": {"vision_feature_layer": [-2, -5, 3]},
+    "feature-layer-zero": {"vision_feature_layer": 0},
+    "feature-layer-last": {"vision_feature_layer": -1, "vision_feature_select_strategy": "full"},
+    "strategy-full": {"vision_feature_select_strategy": "full"},
+    "projector-no-bias": {"multimodal_projector_bias": False, "projector_hidden_act": "gelu_pytorch_tanh"},
+    "llama-biases": {"text_config": {"attention_bias": True, "mlp_bias": True, "hidden_act": "gelu_new"}},
+    "vision-act": {"vision_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "num_channels": 1}},
+    "tie-top": {"tie_word_embeddings": True},
+    "tie-text": {"text_config": {"tie_word_embeddings": True}},
+    "tie-text-overrides-top-false": {
+        "tie_word_embeddings": False,
+        "text_config": {"tie_word_embeddings": True},
+    },
+    "tie-top-true-text-false": {"tie_word_embeddings": True, "text_config": {"tie_word_embeddings": False}},
+    "image-token-id-alias": {"image_token_id": 7},
+    "image-token-id-wins": {"image_token_index": 5, "image_token_id": 9},
+    "special-tokens": {
+        "pad_token_id": 32001,
+        "text_config": {"pad_token_id": 0, "bos_token_id": None, "eos_token_id": [2, 32007]},
+    },
+    "unknown-keys": {"ignore_index": -100, "foo": {"bar": 1}, "text_config": {"pretraining_tp": 1, "xyz": 3}},
+}
+
+ROPE_FIELDS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+VISION_FIELDS = [f.name for f in dataclasses.fields(type(config_from_dict({}).vision))]
+TEXT_PLAIN_FIELDS = [
+    f.name
+    for f in dataclasses.fields(type(config_from_dict({}).text))
+    if f.name not in ("rope_theta", "rope_scaling", "tie_word_embeddings", "eos_token_id")
+]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """The Transformers pieces the comparisons need (imported once: the import takes seconds)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    return transformers, LlamaRotaryEmbedding
+
+
+def reference_inv_freq(text) -> np.ndarray:
+    """RoPE inverse frequencies from minillava's fields alone (modeling_rope_utils, in float32)."""
+    d = text.head_dim
+    inv_freq = 1.0 / (text.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+    scaling = text.rope_scaling or {"rope_type": "default"}
+    if scaling["rope_type"] == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif scaling["rope_type"] == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled)
+    # "dynamic" equals "default" until the sequence outgrows max_position_embeddings.
+    return inv_freq
+
+
+def assert_same_as_transformers(ours: LlavaConfig, theirs, rotary_cls) -> None:
+    """Every field of `ours` equals what Transformers resolved (and the RoPE tables agree)."""
+    vision, text = theirs.vision_config, theirs.text_config
+    for name in VISION_FIELDS:
+        assert getattr(ours.vision, name) == getattr(vision, name), f"vision.{name}"
+    for name in TEXT_PLAIN_FIELDS:
+        assert getattr(ours.text, name) == getattr(text, name), f"text.{name}"
+    eos = text.eos_token_id
+    assert ours.text.eos_token_id == (tuple(eos) if isinstance(eos, list) else eos)
+
+    # Building the rotary embedding runs standardize_rope_params once more, as the model does.
+    rotary = rotary_cls(text)
+    params = text.rope_parameters
+    assert ours.text.rope_theta == params["rope_theta"]
+    assert isinstance(ours.text.rope_theta, float)
+    rope_type = params["rope_type"]
+    expected = None if rope_type == "default" else {"rope_type": rope_type}
+    for key in ROPE_FIELDS.get(rope_type, ()):
+        expected[key] = params[key]
+    assert ours.text.rope_scaling == expected
+    np.testing.assert_allclose(reference_inv_freq(ours.text), rotary.inv_freq.numpy(), rtol=2e-6)
+
+    assert ours.image_token_index == theirs.image_token_index
+    assert ours.projector_hidden_act == theirs.projector_hidden_act
+    layer = theirs.vision_feature_layer
+    assert ours.vision_feature_layer == (tuple(layer) if isinstance(layer, list) else layer)
+    assert ours.vision_feature_select_strategy == theirs.vision_feature_select_strategy
+    assert ours.multimodal_projector_bias == theirs.multimodal_projector_bias
+    assert ours.tie_word_embeddings == ours.text.tie_word_embeddings == theirs.tie_word_embeddings
+    assert ours.pad_token_id == getattr(theirs, "pad_token_id", None)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_transformers(name, hf):
+    transformers, rotary_cls = hf
+    d = CASES[name]
+    theirs = transformers.LlavaConfig(**copy.deepcopy(d))  # Transformers edits nested dicts in place
+    assert_same_as_transformers(config_from_dict(d), theirs, rotary_cls)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip_through_save_pretrained(name, hf, tmp_path):
+    """A folder written by Transformers 5.24 (full sub-configs, `rope_parameters` spelling) loads the same."""
+    transformers, rotary_cls = hf
+    theirs = transformers.LlavaConfig(**copy.deepcopy(CASES[name]))
+    theirs.save_pretrained(tmp_path)
+    assert_same_as_transformers(load_config(tmp_path), theirs, rotary_cls)
+
+
+@pytest.mark.parametrize("top", [None, False, True])
+@pytest.mark.parametrize("text", [None, False, True])
+def test_tied_lm_head_matches_the_model(top, text, hf):
+    """The built LlavaForConditionalGeneration ties lm_head to embed_tokens iff we say so."""
+    transformers, _ = hf
+    d = {"vision_config": TINY_VISION, "text_config": dict(TINY_TEXT, vocab_size=64)}
+    if top is not None:
+        d["tie_word_embeddings"] = top
+    if text is not None:
+        d["text_config"]["tie_word_embeddings"] = text
+    model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**copy.deepcopy(d)))
+    tied = model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    ours = config_from_dict(d)
+    assert ours.tie_word_embeddings == ours.text.tie_word_embeddings == tied == bool(top or text)
+
+
+def test_llava_1_5_7b_sizes():
+    cfg = load_config(LLAVA_7B)
+    assert cfg == load_config(LLAVA_7B / "config.json")
+    t, v = cfg.text, cfg.vision
+    assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers) == (4096, 11008, 32)
+    assert (t.num_attention_heads, t.num_key_value_heads, t.head_dim) == (32, 32, 128)
+    assert (t.vocab_size, t.rms_norm_eps, t.max_position_embeddings) == (32064, 1e-5, 4096)
+    assert (t.rope_theta, t.rope_scaling, t.hidden_act) == (10000.0, None, "silu")
+    assert (t.bos_token_id, t.eos_token_id, t.pad_token_id) == (1, 2, None)
+    assert (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (
+        1024,
+        4096,
+        24,
+        16,
+    )
+    assert (v.image_size, v.patch_size, v.hidden_act, v.layer_norm_eps) == (336, 14, "quick_gelu", 1e-5)
+    assert (v.head_dim, v.num_patches, v.num_positions) == (64, 576, 577)
+    assert (cfg.image_token_index, cfg.num_image_tokens, cfg.vision_feature_layer) == (32000, 576, -2)
+    assert (cfg.vision_layers_needed, cfg.projector_hidden_act, cfg.pad_token_id) == (23, "gelu", 32001)
+    assert cfg.vision_feature_select_strategy == "default"
+    assert cfg.multimodal_projector_bias and not cfg.tie_word_embeddings
+
+
+def test_defaults_partial_vs_absent_vision():
+    """An absent vision_config is ViT-L/14-336; a partial one is filled from CLIP ViT-B/32 defaults."""
+    absent = config_from_dict({}).vision
+    partial = config_from_dict({"vision_config": {"hidden_size": 96}}).vision
+    assert (absent.hidden_size, absent.num_hidden_layers, absent.image_size, absent.patch_size) == (
+        1024,
+        24,
+        336,
+        14,
+    )
+    assert (partial.hidden_size, partial.num_hidden_layers, partial.image_size, partial.patch_size) == (
+        96,
+        12,
+        224,
+        32,
+    )
+    assert partial.intermediate_size == 3072 and partial.num_attention_heads == 12
+    text = config_from_dict({}).text
+    assert (text.max_position_embeddings, text.rms_norm_eps, text.vocab_size) == (2048, 1e-6, 32000)
+
+
+@pytest.mark.parametrize(
+    ("layer", "strategy", "needed", "tokens"),
+    [(-2, "default", 23, 576), (-1, "full", 24, 577), (0, "default", 0, 576), (-25, "default", 0, 576),
+     ([-2, -5, 3], "default", 23, 576), ([12, 24], "full", 24, 577)],
+)  # fmt: skip
+def test_vision_layers_needed(layer, strategy, needed, tokens):
+    cfg = config_from_dict({"vision_feature_layer": layer, "vision_feature_select_strategy": strategy})
+    assert (cfg.vision_layers_needed, cfg.num_image_tokens) == (needed, tokens)
+
+
+def test_frozen_and_input_untouched():
+    d = copy.deepcopy(CASES["rope-llama3-type-key-no-original"])
+    before = copy.deepcopy(d)
+    cfg = config_from_dict(d)
+    assert d == before
+    assert cfg.text.rope_scaling["original_max_position_embeddings"] == 4096
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.text.hidden_size = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors: each names the file and the field (and the offending value).
+# --------------------------------------------------------------------------------------------------
+
+BAD = {
+    "model-type-llava-next": ({"model_type": "llava_next"}, ["model_type", "llava_next", "only 'llava'"]),
+    "model-type-onevision": (
+        {"model_type": "llava_onevision"},
+        ["model_type", "llava_onevision", "only 'llava'"],
+    ),
+    "text-model-type": ({"text_config": {"model_type": "mistral"}}, ["text_config.model_type", "mistral"]),
+    "vision-model-type": (
+        {"vision_config": {"model_type": "siglip_vision_model"}},
+        ["vision_config.model_type", "siglip_vision_model"],
+    ),
+    "vision-config-not-object": ({"vision_config": "clip"}, ["vision_config", "'clip'"]),
+    "hidden-size-string": ({"text_config": {"hidden_size": "abc"}}, ["text_config.hidden_size", "'abc'"]),
+    "hidden-size-float": ({"text_config": {"hidden_size": 4096.0}}, ["text_config.hidden_size", "4096.0"]),
+    "layers-zero": ({"vision_config": {"num_hidden_layers": 0}}, ["vision_config.num_hidden_layers", "0"]),
+    "layers-bool": ({"text_config": {"num_hidden_layers": True}}, ["text_config.num_hidden_layers", "True"]),
+    "heads-not-dividing-hidden": (
+        {"text_config": {"hidden_size": 100, "num_attention_heads": 32}},
+        ["text_config.num_attention_heads", "32", "100"],
+    ),
+    "vision-heads-not-dividing": (
+        {"vision_config": {"hidden_size": 100, "num_attention_heads": 16}},
+        ["vision_config.num_attention_heads", "16", "100"],
+    ),
+    "kv-heads": ({"text_config": {"num_key_value_heads": 5}}, ["text_config.num_key_value_heads", "5", "32"]),
+    "head-dim-odd": ({"text_config": {"head_dim": 33}}, ["text_config.head_dim", "33"]),
+    "eps-string": ({"text_config": {"rms_norm_eps": "1e-5"}}, ["text_config.rms_norm_eps", "'1e-5'"]),
+    "eps-negative": ({"vision_config": {"layer_norm_eps": -1.0}}, ["vision_config.layer_norm_eps", "-1.0"]),
+    "image-not-multiple-of-patch": (
+        {"vision_config": {"image_size": 100, "patch_size": 14}},
+        ["vision_config.image_size", "100", "14"],
+    ),
+    "feature-layer-too-low": ({"vision_feature_layer": -26}, ["vision_feature_layer", "-26", "-25"]),
+    "feature-layer-too-high": ({"vision_feature_layer": 25}, ["vision_feature_layer", "25", "24"]),
+    "feature-layer-bad-list": ({"vision_feature_layer": [-2, "a"]}, ["vision_feature_layer", "'a'"]),
+    "feature-layer-empty-list": ({"vision_feature_layer": []}, ["vision_feature_layer", "empty"]),
+    "feature-layer-null": ({"vision_feature_layer": None}, ["vision_feature_layer", "None"]),
+    "strategy": ({"vision_feature_select_strategy": "cls"}, ["vision_feature_select_strategy", "'cls'"]),
+    "projector-act": ({"projector_hidden_act": "swish"}, ["projector_hidden_act", "'swish'", "quick_gelu"]),
+    "text-act": ({"text_config": {"hidden_act": "gelu_fast"}}, ["text_config.hidden_act", "'gelu_fast'"]),
+    "vision-act": ({"vision_config": {"hidden_act": 3}}, ["vision_config.hidden_act", "3"]),
+    "bias-not-bool": ({"multimodal_projector_bias": "yes"}, ["multimodal_projector_bias", "'yes'"]),
+    "tie-not-bool": ({"text_config": {"tie_word_embeddings": 1}}, ["text_config.tie_word_embeddings", "1"]),
+    "image-token-string": ({"image_token_index": "32000"}, ["image_token_index", "'32000'"]),
+    "eos-bad": ({"text_config": {"eos_token_id": [2, "x"]}}, ["text_config.eos_token_id", "'x'"]),
+    "pad-list": ({"pad_token_id": [1, 2]}, ["pad_token_id", "[1, 2]"]),
+    "rope-yarn": (
+        {"text_config": {"rope_scaling": {"type": "yarn", "factor": 4.0}}},
+        ["text_config.rope_scaling.type", "'yarn'", "llama3"],
+    ),
+    "rope-longrope-parameters": (
+        {"text_config": {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}},
+        ["text_config.rope_parameters.rope_type", "'longrope'"],
+    ),
+    "rope-linear-no-factor": (
+        {"text_config": {"rope_scaling": {"rope_type": "linear"}}},
+        ["text_config.rope_scaling.factor", "required"],
+    ),
+    "rope-llama3-missing-field": (
+        {"text_config": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}}},
+        ["text_config.rope_scaling.high_freq_factor", "required"],
+    ),
+    "rope-not-object": (
+        {"text_config": {"rope_scaling": "linear"}},
+        ["text_config.rope_scaling", "'linear'"],
+    ),
+    "rope-theta-string": ({"text_config": {"rope_theta": "1e4"}}, ["text_config.rope_theta", "'1e4'"]),
+    "rope-partial": (
+        {
+            "text_config": {
+                "rope_parameters": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}
+            }
+        },
+        ["text_config.rope_parameters.partial_rotary_factor", "0.5"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_values_name_file_and_field(name, tmp_path):
+    d, fragments = BAD[name]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError) as err:
+        load_config(tmp_path)
+    message = str(err.value)
+    for fragment in [str(tmp_path / "config.json"), *fragments]:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_missing_config_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json") as err:
+        load_config(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_config(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text", ["{", "not json", "", '{"model_type": "llava",}'])
+def test_invalid_json_names_the_file(text, tmp_path):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match="not valid JSON") as err:
+        load_config(tmp_path / "config.json")
+    assert str(tmp_path / "config.json") in str(err.value)
+
+
+def test_json_must_be_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_config(tmp_path)

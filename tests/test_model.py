@@ -1,0 +1,233 @@
+"""The whole model against Transformers' LlavaForConditionalGeneration on tiny random checkpoints.
+
+Tolerances (float32): each module's output within 1e-5 of the reference's largest magnitude; logits
+within 1e-4 of theirs. Logits are compared at real (non-padding) positions: a padding query
+attends to nothing, and what a framework puts there is arbitrary.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import minillava
+
+MODULE_TOL = 1e-5
+LOGITS_TOL = 1e-4
+
+
+def rel_err(ours, ref):
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def make_inputs(config, rng, layout):
+    """input_ids, attention_mask, pixel_values for a left-padded batch.
+
+    layout: a list of rows, each a list of segments: an int n (n random text tokens) or "img".
+    Rows are left-padded to the longest with the pad token and attention_mask 0.
+    """
+    L, img_id = config.num_image_tokens, config.image_token_index
+    text_ids = [i for i in range(config.text.vocab_size) if i not in (img_id, config.pad_token_id)]
+    rows, n_images = [], 0
+    for segments in layout:
+        row = [1]  # BOS
+        for seg in segments:
+            if seg == "img":
+                row += [img_id] * L
+                n_images += 1
+            else:
+                row += list(rng.choice(text_ids, size=seg))
+        rows.append(row)
+    T = max(len(r) for r in rows)
+    pad = config.pad_token_id
+    input_ids = np.array([[pad] * (T - len(r)) + r for r in rows], dtype=np.int64)
+    attention_mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
+    side = config.vision.image_size
+    pixel_values = rng.standard_normal((n_images, 3, side, side)).astype(np.float32) if n_images else None
+    return input_ids, attention_mask, pixel_values
+
+
+def hf_logits(hf, input_ids, attention_mask, pixel_values):
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(attention_mask),
+            pixel_values=None if pixel_values is None else torch.from_numpy(pixel_values),
+            # Transformers 5.24 asks CLIP for the hidden states it selects with
+            # `output_hidden_states=vision_feature_layer`, which is falsy for layer 0 (then it crashes);
+            # asking for all of them sidesteps that and changes no number.
+            output_hidden_states=True,
+        )
+    return out.logits.numpy()
+
+
+BATCH = [[3, "img", 5, "img", 2], [4, "img", 6]]  # two images in row 0, one in the shorter row 1
+
+CHECKPOINTS = [
+    # variant, layout, file dtype, sharded
+    ("base", "fresh", "float32", False),
+    ("base", "hub", "float32", True),
+    ("base", "internal", "float32", False),
+    ("base", "hub", "float16", True),
+    ("base", "fresh", "bfloat16", False),
+    ("layer_list", "fresh", "float32", False),
+    ("full", "fresh", "float32", False),
+    ("layer_0", "fresh", "float32", False),
+    ("mha", "fresh", "float32", False),
+    ("no_projector_bias", "hub", "float32", False),
+    ("biases", "fresh", "float32", False),
+    ("head_dim", "fresh", "float32", False),
+    ("rope_linear", "fresh", "float32", False),
+    ("rope_llama3", "fresh", "float32", False),
+    ("tied", "fresh", "float32", False),
+]
+
+
+@pytest.mark.parametrize("variant,layout,dtype,shard", CHECKPOINTS, ids=["-".join(map(str, c)) for c in CHECKPOINTS])
+def test_logits_match_transformers(tiny_checkpoint, hf_model, variant, layout, dtype, shard):
+    folder = tiny_checkpoint(variant, layout, dtype, shard)
+    model = minillava.load_model(folder)
+    hf = hf_model(folder)
+    rng = np.random.default_rng(0)
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, rng, BATCH)
+    ours = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    ref = hf_logits(hf, input_ids, attention_mask, pixel_values)
+    real = attention_mask.astype(bool)
+    assert ours.dtype == np.float32
+    assert rel_err(ours[real], ref[real]) <= LOGITS_TOL
+
+
+@pytest.mark.parametrize("layout", [[[7]], [[5], [9]]], ids=["one-row", "padded-batch"])
+def test_text_only_logits(tiny_checkpoint, hf_model, layout):
+    folder = tiny_checkpoint("base", "fresh", "float32", False)
+    model, hf = minillava.load_model(folder), hf_model(folder)
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(1), layout)
+    assert pixel_values is None
+    ours = model.forward(input_ids, attention_mask=attention_mask)
+    ref = hf_logits(hf, input_ids, attention_mask, None)
+    real = attention_mask.astype(bool)
+    assert rel_err(ours[real], ref[real]) <= LOGITS_TOL
+
+
+def test_low_memory_float16_weights_give_the_same_logits(tiny_checkpoint):
+    """Weights kept float16 and memory-mapped, cast at use: identical to casting them all at load."""
+    folder = tiny_checkpoint("base", "hub", "float16", True)
+    eager, lazy = minillava.load_model(folder), minillava.load_model(folder, low_memory=True)
+    assert lazy.params["language_model"]["layers"][0]["mlp"]["up_proj"]["weight"].dtype == np.float16
+    input_ids, attention_mask, pixel_values = make_inputs(eager.config, np.random.default_rng(2), BATCH)
+    a = eager.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    b = lazy.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every module against its Transformers submodule (forward hooks), on the same inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_module_outputs(hf, names, input_ids, attention_mask, pixel_values):
+    """Run hf once with forward hooks on the named submodules; return {name: output array}."""
+    outputs, handles = {}, []
+    modules = dict(hf.named_modules())
+
+    def hook(name):
+        def save(module, args, output):
+            value = output[0] if isinstance(output, tuple) else output
+            outputs.setdefault(name, []).append(value.detach().numpy().copy())
+
+        return save
+
+    for ours_name, hf_name in names.items():
+        handles.append(modules[hf_name].register_forward_hook(hook(ours_name)))
+    try:
+        hf_logits(hf, input_ids, attention_mask, pixel_values)
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("variant", ["base", "layer_list", "full"])
+def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_model, variant):
+    folder = tiny_checkpoint(variant, "fresh", "float32", False)
+    model, hf = minillava.load_model(folder), hf_model(folder)
+    cfg = model.config
+    input_ids, attention_mask, pixel_values = make_inputs(cfg, np.random.default_rng(3), BATCH)
+
+    names = {  # our trace name -> Transformers module path
+        "vision_tower.embeddings": "model.vision_tower.embeddings",
+        "vision_tower.pre_layrnorm": "model.vision_tower.pre_layrnorm",
+        "multi_modal_projector": "model.multi_modal_projector",
+        "language_model.embed_tokens": "model.language_model.embed_tokens",
+        "language_model.norm": "model.language_model.norm",
+        "lm_head": "lm_head",
+    }
+    for i in range(cfg.vision_layers_needed):
+        names[f"vision_tower.encoder.layers.{i}"] = f"model.vision_tower.encoder.layers.{i}"
+    for i in range(cfg.text.num_hidden_layers):
+        for part in ("", ".self_attn", ".mlp"):
+            names[f"language_model.layers.{i}{part}"] = f"model.language_model.layers.{i}{part}"
+    ref = hf_module_outputs(hf, names, input_ids, attention_mask, pixel_values)
+    trace = {}
+    model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask, trace=trace)
+
+    real = attention_mask.astype(bool)
+    for name in names:
+        assert len(ref[name]) == 1, f"{name} ran {len(ref[name])} times in Transformers"
+        ours, theirs = np.asarray(trace[name]), ref[name][0]
+        if name.startswith(("language_model", "lm_head")):  # [B, T, ...]: real positions only
+            ours, theirs = ours[real], theirs[real]
+        assert rel_err(ours, theirs) <= MODULE_TOL, name
+    # Layers past the selected one are never computed.
+    n_computed = sum(name.startswith("vision_tower.encoder.layers.") for name in trace)
+    assert n_computed == cfg.vision_layers_needed < cfg.vision.num_hidden_layers + (variant == "layer_list")
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache: prefill then one-token steps equal one full forward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layout", [[[4, "img", 6]], [[3, "img", 5, "img", 7], [4, "img", 9]]], ids=["single", "left-padded-batch"]
+)
+def test_cached_steps_equal_full_forward(tiny_checkpoint, hf_model, layout):
+    folder = tiny_checkpoint("base", "fresh", "float32", False)
+    model, hf = minillava.load_model(folder), hf_model(folder)
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(4), layout)
+    full = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    ref = hf_logits(hf, input_ids, attention_mask, pixel_values)
+
+    B, T = input_ids.shape
+    n_steps = 6
+    prefill = T - n_steps  # every image token lies in the prefill
+    cache = model.new_cache(B, max_len=T + 2)
+    logits = [
+        model.forward(
+            input_ids[:, :prefill], pixel_values=pixel_values, attention_mask=attention_mask[:, :prefill], cache=cache
+        )
+    ]
+    assert cache.length == prefill
+    for t in range(prefill, T):
+        logits.append(model.forward(input_ids[:, t : t + 1], attention_mask=attention_mask[:, : t + 1], cache=cache))
+    stepped = np.concatenate(logits, axis=1)
+    assert cache.length == T
+    real = attention_mask.astype(bool)
+    assert rel_err(stepped[real], full[real]) <= LOGITS_TOL
+    assert rel_err(stepped[real], ref[real]) <= LOGITS_TOL
+    # The decode steps alone, position by position.
+    for t in range(prefill, T):
+        rows = real[:, t]
+        assert rel_err(stepped[rows, t], ref[rows, t]) <= LOGITS_TOL
+
+
+def test_trace_off_records_nothing_and_callable_trace(tiny_checkpoint):
+    model = minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(5), [[2, "img", 2]])
+    seen = []
+    model.forward(input_ids, pixel_values=pixel_values, trace=lambda name, value: seen.append((name, value.shape)))
+    names = [n for n, _ in seen]
+    assert names[0] == "language_model.embed_tokens" and names[-1] == "lm_head"
+    assert "pixel_values" in names and "multi_modal_projector" in names and "inputs_embeds" in names
+    assert len(names) == len(set(names))
