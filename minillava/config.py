@@ -238,9 +238,7 @@ def load_config(path: str | Path) -> LlavaConfig:
     if path.is_dir() and not file.is_file():
         raise FileNotFoundError(f"no config.json in the folder {path}")
     if not file.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file or folder (give a checkpoint folder or its config.json)"
-        )
+        raise FileNotFoundError(f"{path}: no such file or folder (give a checkpoint folder or its config.json)")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -287,9 +285,7 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
         projector_hidden_act=_activation(top, "projector_hidden_act", LLAVA_DEFAULTS["projector_hidden_act"]),
         vision_feature_layer=_feature_layer(top, vision.num_hidden_layers),
         vision_feature_select_strategy=strategy,
-        multimodal_projector_bias=_bool(
-            top, "multimodal_projector_bias", LLAVA_DEFAULTS["multimodal_projector_bias"]
-        ),
+        multimodal_projector_bias=_bool(top, "multimodal_projector_bias", LLAVA_DEFAULTS["multimodal_projector_bias"]),
         tie_word_embeddings=tie,
         pad_token_id=_token_id(top, "pad_token_id", LLAVA_DEFAULTS["pad_token_id"]),
     )
@@ -387,9 +383,7 @@ def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
     type_key = "rope_type" if "rope_type" in params else "type"
     rope_type = params.get(type_key, "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise rope.error(
-            type_key, f"is {rope_type!r}; minillava supports the RoPE types {SUPPORTED_ROPE_TYPES}"
-        )
+        raise rope.error(type_key, f"is {rope_type!r}; minillava supports the RoPE types {SUPPORTED_ROPE_TYPES}")
     if rope_type == "default":
         return theta, None  # LlamaRotaryEmbedding's default path ignores every other key
 
@@ -398,9 +392,7 @@ def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
     partial_sec = rope if "partial_rotary_factor" in params else sec
     partial = _float(partial_sec, "partial_rotary_factor", 1.0)
     if partial != 1.0:
-        raise partial_sec.error(
-            "partial_rotary_factor", f"is {partial}; only 1.0 (the whole head) is supported"
-        )
+        raise partial_sec.error("partial_rotary_factor", f"is {partial}; only 1.0 (the whole head) is supported")
 
     scaling_fields: dict[str, Any] = {"rope_type": rope_type, "factor": _float(rope, "factor", None)}
     if rope_type == "llama3":
@@ -512,9 +504,7 @@ def _activation(sec: _Section, key: str, default: str) -> str:
     return value
 
 
-def _token_id(
-    sec: _Section, key: str, default: int | None, allow_list: bool = False
-) -> int | tuple[int, ...] | None:
+def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = False) -> int | tuple[int, ...] | None:
     """A special-token id: an int (negative ids such as -1 occur on the hub), null, or a list for eos."""
     value = sec.data.get(key, default)
     if value is None or _is_int(value):

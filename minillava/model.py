@@ -188,6 +188,8 @@ class LlavaModel:
         start = 0 if cache is None else cache.length
         if cache is not None and cache.batch != B:
             raise ValueError(f"the cache was made for batch size {cache.batch}, input_ids has {B} rows")
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache is full: {start + T} positions needed, it was made for max_len {cache.max_len}")
         if start + T > self.config.text.max_position_embeddings:
             raise ValueError(
                 f"sequence of {start + T} positions exceeds the model's context (max_position_embeddings = "

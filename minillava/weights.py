@@ -271,7 +271,7 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     16 bits into the high half of a 32-bit word gives the float32 with the same value; inf, nan,
     -0.0 and subnormals included.
     """
-    return (bits.astype(np.uint32) << 15).view(np.float32)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def read_header(path: str) -> tuple[dict[str, dict], int]:
@@ -330,8 +330,7 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
         nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
         if end - begin != nbytes:
             raise ValueError(
-                f"{where}: data_offsets {offsets} span {end - begin} bytes, but {dtype} of shape {shape} "
-                f"needs {nbytes}"
+                f"{where}: data_offsets {offsets} span {end - begin} bytes, but {dtype} of shape {shape} needs {nbytes}"
             )
         tensors[name] = {"dtype": dtype, "shape": tuple(shape), "begin": begin, "end": end}
     return tensors, data_start

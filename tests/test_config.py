@@ -41,12 +41,8 @@ CASES = {
     "head-dim-explicit": {"text_config": {"hidden_size": 512, "num_attention_heads": 8, "head_dim": 32}},
     "rope-theta-int": {"text_config": {"rope_theta": 500000}},
     "rope-scaling-null": {"text_config": {"rope_theta": 1234.0, "rope_scaling": None}},
-    "rope-linear-type": {
-        "text_config": {"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}
-    },
-    "rope-linear-rope-type-int-factor": {
-        "text_config": {"rope_scaling": {"rope_type": "linear", "factor": 4}}
-    },
+    "rope-linear-type": {"text_config": {"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}},
+    "rope-linear-rope-type-int-factor": {"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 4}}},
     "rope-dynamic": {"text_config": {"rope_scaling": {"type": "dynamic", "factor": 2.0}}},
     "rope-llama3-rope-scaling": {
         "text_config": {"rope_theta": 5e5, "max_position_embeddings": 131072, "rope_scaling": LLAMA3_SCALING}
@@ -354,11 +350,7 @@ BAD = {
     ),
     "rope-theta-string": ({"text_config": {"rope_theta": "1e4"}}, ["text_config.rope_theta", "'1e4'"]),
     "rope-partial": (
-        {
-            "text_config": {
-                "rope_parameters": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}
-            }
-        },
+        {"text_config": {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}}},
         ["text_config.rope_parameters.partial_rotary_factor", "0.5"],
     ),
 }

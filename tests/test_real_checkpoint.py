@@ -1,0 +1,66 @@
+"""The real llava-1.5-7b-hf: its published config resolves to the real model, and, when the environment
+points to a downloaded copy (MINILLAVA_LLAVA_7B=/path/to/llava-1.5-7b-hf), minillava's logits equal
+Transformers' on it.
+
+The opt-in comparison needs the 14 GB folder and about 45 GB of RAM (Transformers holds the model in
+float32, 28 GB; minillava keeps its float16 weights memory-mapped with low_memory=True).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minillava
+from minillava.weights import expected_shapes
+
+DATA = Path(__file__).parent / "data" / "llava-1.5-7b-hf"
+REAL_7B = os.environ.get("MINILLAVA_LLAVA_7B")
+
+
+def test_published_config_has_the_real_parameter_count():
+    """Every tensor the 7B checkpoint holds, derived from its config.json alone: 7,063,427,072 parameters
+    in 686 tensors (the published model card's count), so the config resolution and the weight layout agree
+    with the real folder."""
+    shapes = expected_shapes(minillava.load_config(DATA))
+    assert len(shapes) == 686
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 7_063_427_072
+    assert shapes["language_model.embed_tokens.weight"] == (32064, 4096)
+    assert shapes["multi_modal_projector.linear_1.weight"] == (4096, 1024)
+    assert shapes["vision_tower.embeddings.position_embedding.weight"] == (577, 1024)
+
+
+@pytest.mark.skipif(
+    not REAL_7B,
+    reason="set MINILLAVA_LLAVA_7B to a downloaded llava-hf/llava-1.5-7b-hf folder to run the real-model check",
+)
+def test_real_llava_1_5_7b_logits_match_transformers():
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    folder = Path(REAL_7B)
+    model = minillava.load_model(folder, low_memory=True)
+    cfg = model.config
+    assert (cfg.text.hidden_size, cfg.text.num_hidden_layers, cfg.num_image_tokens) == (4096, 32, 576)
+
+    rng = np.random.default_rng(0)
+    pixel_values = rng.uniform(-1.8, 2.1, size=(1, 3, 336, 336)).astype(np.float32)
+    # The llava-1.5 prompt, tokenized with the folder's own tokenizer, <image> expanded to 576 tokens.
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ids = tokenizer.encode("USER: <image>\nWhat is shown? ASSISTANT:").ids
+    assert ids.count(cfg.image_token_index) == 1
+    at = ids.index(cfg.image_token_index)
+    prompt = ids[:at] + [cfg.image_token_index] * cfg.num_image_tokens + ids[at + 1 :]
+    input_ids = np.array([prompt], dtype=np.int64)
+    ours = model.forward(input_ids, pixel_values=pixel_values)
+    del model
+
+    hf = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(input_ids), pixel_values=torch.from_numpy(pixel_values)).logits.numpy()
+    err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
+    assert err <= 1e-4, err
+    assert ours[0, -1].argmax() == ref[0, -1].argmax(), "greedy next token differs"

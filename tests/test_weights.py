@@ -1,0 +1,607 @@
+"""minillava.weights against checkpoints that Transformers writes, and against hand-made broken files.
+
+Tiny LlavaForConditionalGeneration models are built once per module; each is saved in every key layout
+(Transformers' own save_pretrained, the hub's llava-hf names, the in-memory state_dict names), single-file
+and sharded, in float32, float16 and bfloat16. The loaded canonical params must equal the model's
+state_dict bit for bit after the same casts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from minillava.config import load_config  # noqa: E402
+from minillava.weights import (  # noqa: E402
+    bfloat16_to_float32,
+    canonical_key,
+    check_params,
+    expected_shapes,
+    flatten,
+    load_weights,
+    unflatten,
+)
+
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=14,
+)
+TEXT = dict(
+    vocab_size=100,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAYOUTS = ("save_pretrained", "hub", "memory")
+
+
+def build_model(seed=0, **config_kwargs):
+    """A tiny LlavaForConditionalGeneration with random weights (biases and norms randomised too)."""
+    text = dict(TEXT, **config_kwargs.pop("text", {}))
+    config = transformers.LlavaConfig(vision_config=VISION, text_config=text, image_token_index=99, **config_kwargs)
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # ones/zeros from init would hide mix-ups between norms and biases
+            p.normal_()
+    return model
+
+
+def canonical_from_memory(key):
+    """In-memory state_dict key -> canonical key, written out independently of minillava."""
+    return key[len("model.") :] if key.startswith("model.") else key
+
+
+def hub_key(key):
+    """In-memory state_dict key -> the name it has in a llava-hf hub folder."""
+    if key == "lm_head.weight":
+        return "language_model.lm_head.weight"
+    for old, new in (
+        ("model.vision_tower.", "vision_tower.vision_model."),
+        ("model.language_model.", "language_model.model."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ):
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise AssertionError(key)
+
+
+def write_checkpoint(folder, tensors, config, num_shards=1):
+    """Write tensors as model.safetensors, or as shards + model.safetensors.index.json, plus config.json."""
+    os.makedirs(folder, exist_ok=True)
+    config.save_pretrained(folder)
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    if num_shards == 1:
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        return
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(num_shards):
+        shard = f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
+        part = {k: tensors[k] for k in names[i::num_shards]}
+        save_file(part, os.path.join(folder, shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+def save_layout(model, folder, layout, sharded):
+    """Save `model` in one key layout, single-file or sharded."""
+    if layout == "save_pretrained":
+        model.save_pretrained(folder, max_shard_size="20KB" if sharded else "5GB")
+        return
+    state = model.state_dict()
+    if layout == "hub":
+        tensors = {hub_key(k): v for k, v in state.items()}
+        positions = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        tensors["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(positions**2 + 1)[None]
+    else:
+        tensors = dict(state)
+    write_checkpoint(folder, tensors, model.config, num_shards=3 if sharded else 1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(model, tmp_path_factory):
+    """(layout, sharded, file dtype) -> folder, for the module's model."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    folders = {}
+    for dtype_name, torch_dtype in TORCH_DTYPES.items():
+        cast = copy.deepcopy(model).to(torch_dtype)
+        for layout in LAYOUTS:
+            for sharded in (False, True):
+                folder = root / f"{layout}-{'sharded' if sharded else 'single'}-{dtype_name}"
+                save_layout(cast, folder, layout, sharded)
+                folders[layout, sharded, dtype_name] = folder
+    return folders
+
+
+@pytest.fixture(scope="module")
+def config(checkpoints):
+    return load_config(checkpoints["save_pretrained", False, "float32"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Layouts x sharding x file dtype x load dtype
+# --------------------------------------------------------------------------------------------------
+
+
+def test_layouts_are_what_transformers_writes(checkpoints):
+    """The save_pretrained layout of 5.x: no vision_model., language_model.model.*, sharded via an index."""
+    with open(checkpoints["save_pretrained", True, "float32"] / "model.safetensors.index.json") as f:
+        keys = set(json.load(f)["weight_map"])
+    assert "vision_tower.embeddings.patch_embedding.weight" in keys
+    assert "language_model.model.embed_tokens.weight" in keys
+    assert "language_model.lm_head.weight" in keys
+    assert "multi_modal_projector.linear_1.weight" in keys
+    assert not any(k.startswith(("model.", "vision_tower.vision_model.")) for k in keys)
+
+
+@pytest.mark.parametrize("load_dtype", ["float32", "float16", None])
+@pytest.mark.parametrize("file_dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_params_equal_state_dict(model, checkpoints, config, layout, sharded, file_dtype, load_dtype):
+    params = load_weights(checkpoints[layout, sharded, file_dtype], config, dtype=load_dtype)
+    flat = flatten(params)
+    state = model.state_dict()
+    assert set(flat) == {canonical_from_memory(k) for k in state}
+
+    # What the loaded arrays must be: the file's dtype, then the asked-for cast. Without a cast, float16
+    # and float32 stay memory-mapped and bfloat16 is decoded to float32.
+    stored = TORCH_DTYPES[file_dtype]
+    target = {"float32": torch.float32, "float16": torch.float16}.get(load_dtype)
+    if target is None:
+        target = torch.float32 if stored is torch.bfloat16 else stored
+    for key, tensor in state.items():
+        got = flat[canonical_from_memory(key)]
+        want = tensor.to(stored).to(target).numpy()
+        assert got.dtype == want.dtype, key
+        assert got.shape == want.shape, key
+        assert np.array_equal(got, want), key
+        if load_dtype is None and stored is not torch.bfloat16:
+            assert isinstance(got, np.memmap) and not got.flags.writeable, key
+        else:  # cast or decoded: an in-memory array
+            assert not isinstance(got, np.memmap), key
+        if load_dtype is not None:  # cast: a copy that owns its data, never a view on the file
+            assert got.flags.owndata and got.flags.writeable, key
+
+
+def test_nested_layout(checkpoints, config):
+    """The nested dict reads like the module tree; layers are lists."""
+    params = load_weights(checkpoints["hub", False, "float32"], config)
+    assert isinstance(params["language_model"]["layers"], list)
+    assert len(params["language_model"]["layers"]) == 2
+    assert len(params["vision_tower"]["encoder"]["layers"]) == 2
+    q = params["language_model"]["layers"][1]["self_attn"]["q_proj"]["weight"]
+    k = params["language_model"]["layers"][1]["self_attn"]["k_proj"]["weight"]
+    assert q.shape == (32, 32) and k.shape == (16, 32)  # 4 heads, 2 key/value heads of 8
+    assert params["vision_tower"]["embeddings"]["patch_embedding"]["weight"].shape == (32, 3, 14, 14)
+    assert params["vision_tower"]["embeddings"]["position_embedding"]["weight"].shape == (5, 32)
+    assert params["lm_head"]["weight"].shape == (100, 32)
+
+
+def test_without_config_loads_everything_as_is(checkpoints):
+    flat = flatten(load_weights(checkpoints["memory", True, "float16"], dtype=None))
+    assert len(flat) == 64 and all(a.dtype == np.float16 for a in flat.values())
+
+
+def test_biases_gqa_and_feature_layer_list(tmp_path):
+    """attention_bias, mlp_bias, no projector bias, and two feature layers (linear_1 twice as wide)."""
+    model = build_model(
+        seed=1,
+        text=dict(attention_bias=True, mlp_bias=True),
+        multimodal_projector_bias=False,
+        vision_feature_layer=[-2, -1],
+    )
+    model.save_pretrained(tmp_path)
+    config = load_config(tmp_path)
+    shapes = expected_shapes(config)
+    state = model.state_dict()
+    assert shapes == {canonical_from_memory(k): tuple(v.shape) for k, v in state.items()}
+    assert shapes["multi_modal_projector.linear_1.weight"] == (32, 64)
+    assert "multi_modal_projector.linear_1.bias" not in shapes
+    assert shapes["language_model.layers.0.self_attn.k_proj.bias"] == (16,)
+    assert shapes["language_model.layers.0.mlp.down_proj.bias"] == (32,)
+
+    flat = flatten(load_weights(tmp_path, config))
+    for key, tensor in state.items():
+        assert np.array_equal(flat[canonical_from_memory(key)], tensor.numpy()), key
+
+    # The same checkpoint with a config that expects no attention biases: the biases are unexpected.
+    other = dataclasses.replace(config, text=dataclasses.replace(config.text, attention_bias=False))
+    with pytest.raises(ValueError, match=r"unexpected tensor 'language_model.layers.0.self_attn.q_proj.bias'"):
+        load_weights(tmp_path, other)
+
+
+def test_expected_shapes_llava_7b():
+    """The published llava-1.5-7b-hf config gives its 7,063,427,072 parameters."""
+    shapes = expected_shapes(load_config(os.path.join(os.path.dirname(__file__), "data", "llava-1.5-7b-hf")))
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 7_063_427_072
+    assert shapes["vision_tower.embeddings.position_embedding.weight"] == (577, 1024)
+    assert shapes["multi_modal_projector.linear_1.weight"] == (4096, 1024)
+    assert shapes["lm_head.weight"] == (32064, 4096)
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys and nesting
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, canonical",
+    [
+        ("language_model.model.layers.3.mlp.up_proj.weight", "language_model.layers.3.mlp.up_proj.weight"),
+        ("language_model.lm_head.weight", "lm_head.weight"),
+        (
+            "vision_tower.vision_model.encoder.layers.0.mlp.fc1.bias",
+            "vision_tower.encoder.layers.0.mlp.fc1.bias",
+        ),
+        ("vision_tower.pre_layrnorm.weight", "vision_tower.pre_layrnorm.weight"),
+        ("multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.weight"),
+        ("model.language_model.norm.weight", "language_model.norm.weight"),
+        ("model.vision_tower.embeddings.class_embedding", "vision_tower.embeddings.class_embedding"),
+        ("model.vision_tower.vision_model.post_layernorm.bias", "vision_tower.post_layernorm.bias"),
+        ("model.multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_1.bias"),
+        ("lm_head.weight", "lm_head.weight"),
+        ("language_model.embed_tokens.weight", "language_model.embed_tokens.weight"),
+        ("vision_tower.vision_model.embeddings.position_ids", None),
+        ("language_model.model.layers.0.self_attn.rotary_emb.inv_freq", None),
+    ],
+)
+def test_canonical_key(key, canonical):
+    assert canonical_key(key) == canonical
+
+
+@pytest.mark.parametrize("key", ["image_newline", "model.image_newline", "text_model.embeddings.weight"])
+def test_canonical_key_rejects_unknown(key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        canonical_key(key)
+
+
+def test_unflatten_and_flatten():
+    a, b, c = np.zeros(1), np.ones(2), np.full(3, 2.0)
+    tree = unflatten({"m.layers.1.w": b, "m.layers.0.w": a, "m.norm": c})
+    assert tree["m"]["layers"][0]["w"] is a and tree["m"]["layers"][1]["w"] is b and tree["m"]["norm"] is c
+    assert flatten(tree) == {"m.layers.0.w": a, "m.layers.1.w": b, "m.norm": c}
+    with pytest.raises(ValueError, match=r"missing \[1\]"):
+        unflatten({"m.layers.0.w": a, "m.layers.2.w": b})
+    with pytest.raises(ValueError, match="both a tensor and a module"):
+        unflatten({"m.w": a, "m.w.x": b})
+
+
+def test_check_params_accepts_nested_and_flat(checkpoints, config):
+    params = load_weights(checkpoints["memory", False, "float32"], config)
+    check_params(params, config)
+    flat = flatten(params)
+    check_params(flat, config)
+    flat["language_model.norm.weight"] = np.zeros(31, np.float32)
+    with pytest.raises(ValueError, match=r"'language_model.norm.weight' has shape \(31,\), expected \(32,\)"):
+        check_params(flat, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory mapping and bfloat16
+# --------------------------------------------------------------------------------------------------
+
+
+def _rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_float16_stays_memory_mapped(tmp_path):
+    """dtype=None maps a 64 MiB float16 file without reading it: RSS stays well below the file size."""
+    from safetensors.numpy import save_file as save_numpy
+
+    weight = np.arange(4096 * 8192, dtype=np.uint16).view(np.float16).reshape(4096, 8192)  # 64 MiB
+    save_numpy({"language_model.model.layers.0.mlp.up_proj.weight": weight}, str(tmp_path / "model.safetensors"))
+    del weight
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc/self/status")
+    before = _rss_bytes()
+    params = load_weights(tmp_path, dtype=None)
+    grown = _rss_bytes() - before
+    w = params["language_model"]["layers"][0]["mlp"]["up_proj"]["weight"]
+    assert isinstance(w, np.memmap) and w.dtype == np.float16 and w.shape == (4096, 8192)
+    assert not w.flags.writeable
+    assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB for a 64 MiB file"
+    assert w[4095, 8191].view(np.uint16) == (4096 * 8192 - 1) % 65536
+    with pytest.raises(ValueError):
+        w[0, 0] = 1.0
+
+
+# Every kind of bfloat16 value, as bit patterns.
+BF16_SPECIALS = {
+    0x0000: 0.0,
+    0x8000: -0.0,
+    0x3F80: 1.0,
+    0xC000: -2.0,
+    0x7F80: np.inf,
+    0xFF80: -np.inf,
+    0x7FC0: np.nan,
+    0xFFC1: np.nan,  # negative nan with a payload
+    0x0001: 2.0**-133,  # smallest subnormal
+    0x807F: -(2.0**-126) * 127 / 128,  # largest negative subnormal
+    0x0080: 2.0**-126,  # smallest normal
+    0x7F7F: 3.3895313892515355e38,  # largest finite
+    0x3E20: 0.15625,
+}
+
+
+def raw_safetensors(path, tensors, metadata=None):
+    """Write a safetensors file by hand: tensors = {name: (dtype name, shape, raw bytes)}."""
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob + data)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # bf16 max -> float16 is inf, as in torch
+def test_bfloat16_special_values(tmp_path):
+    bits = np.array(list(BF16_SPECIALS), dtype=np.uint16)
+    raw_safetensors(
+        tmp_path / "model.safetensors",
+        {"multi_modal_projector.linear_2.bias": ("BF16", bits.shape, bits.tobytes())},
+        metadata={"format": "pt"},
+    )
+    reference = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
+
+    decoded = load_weights(tmp_path, dtype=None)["multi_modal_projector"]["linear_2"]["bias"]
+    assert decoded.dtype == np.float32
+    # Bit-exact: same sign of zero, same nan payload, subnormals kept.
+    assert np.array_equal(decoded.view(np.uint32), bits.astype(np.uint32) << 16)
+    assert np.array_equal(decoded.view(np.uint32), reference.float().numpy().view(np.uint32))
+    expected = np.array(list(BF16_SPECIALS.values()), dtype=np.float64)
+    assert np.array_equal(decoded.astype(np.float64), expected, equal_nan=True)
+    assert np.signbit(decoded[1]) and not np.signbit(decoded[0])
+
+    as_f32 = load_weights(tmp_path, dtype="float32")["multi_modal_projector"]["linear_2"]["bias"]
+    assert np.array_equal(as_f32.view(np.uint32), decoded.view(np.uint32))
+    # float16: one rounding from the exact value, like torch's bfloat16 -> float16 cast.
+    as_f16 = load_weights(tmp_path, dtype="float16")["multi_modal_projector"]["linear_2"]["bias"]
+    want = reference.to(torch.float16).numpy()
+    finite = ~np.isnan(want)
+    assert np.array_equal(as_f16[finite].view(np.uint16), want[finite].view(np.uint16))
+    assert np.isnan(as_f16[~finite]).all()
+
+
+def test_bfloat16_to_float32_keeps_shape():
+    bits = np.array([[0x3F80, 0x4000], [0x4040, 0x4080]], dtype=np.uint16)
+    assert np.array_equal(bfloat16_to_float32(bits), np.array([[1, 2], [3, 4]], np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tied embeddings
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tied_folder(tmp_path_factory):
+    model = build_model(seed=2, text=dict(tie_word_embeddings=True), tie_word_embeddings=True)
+    folder = tmp_path_factory.mktemp("tied")
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_tied_embeddings(tied_folder):
+    with open(tied_folder / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert not any("lm_head" in k for k in header)  # Transformers leaves the tied copy out
+
+    config = load_config(tied_folder)
+    assert config.tie_word_embeddings
+    params = load_weights(tied_folder, config)
+    assert params["lm_head"]["weight"] is params["language_model"]["embed_tokens"]["weight"]
+    mapped = load_weights(tied_folder, config, dtype=None)
+    assert mapped["lm_head"]["weight"] is mapped["language_model"]["embed_tokens"]["weight"]
+
+    assert "lm_head" not in load_weights(tied_folder)  # without a config nothing is resolved
+    untied = dataclasses.replace(config, tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=r"missing tensor 'lm_head.weight', expected shape \(100, 32\)"):
+        load_weights(tied_folder, untied)
+
+
+def test_tied_config_with_its_own_lm_head(tied_folder, tmp_path):
+    """Tied config but the file has a different lm_head: Transformers keeps the file's, so do we."""
+    folder = tmp_path / "both"
+    shutil.copytree(tied_folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    torch.manual_seed(3)
+    tensors["language_model.lm_head.weight"] = torch.randn(100, 32)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    params = load_weights(folder, load_config(folder))
+    assert np.array_equal(params["lm_head"]["weight"], tensors["language_model.lm_head.weight"].numpy())
+    assert not np.array_equal(params["lm_head"]["weight"], params["language_model"]["embed_tokens"]["weight"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: one clear exception naming what is wrong
+# --------------------------------------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+        load_weights(tmp_path / "nowhere")
+
+
+def test_folder_without_weights(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_weights(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    assert "model.safetensors" in str(err.value) and "model.safetensors.index.json" in str(err.value)
+
+
+def copy_of(checkpoints, tmp_path, *key):
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoints[key], folder)
+    return folder
+
+
+def test_index_not_json(checkpoints, tmp_path):
+    folder = copy_of(checkpoints, tmp_path, "memory", True, "float32")
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {')
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: not valid JSON"):
+        load_weights(folder)
+
+
+def test_index_without_weight_map(checkpoints, tmp_path):
+    folder = copy_of(checkpoints, tmp_path, "memory", True, "float32")
+    (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: needs a 'weight_map'"):
+        load_weights(folder)
+
+
+def test_missing_shard(checkpoints, tmp_path):
+    folder = copy_of(checkpoints, tmp_path, "save_pretrained", True, "float16")
+    shard = sorted(folder.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        load_weights(folder)
+    assert shard.name in str(err.value) and "model.safetensors.index.json" in str(err.value)
+
+
+def test_shard_without_the_tensor_the_index_names(checkpoints, tmp_path):
+    folder = copy_of(checkpoints, tmp_path, "memory", True, "float32")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key = "model.language_model.norm.weight"
+    wrong = next(s for s in set(index["weight_map"].values()) if s != index["weight_map"][key])
+    index["weight_map"][key] = wrong
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"{wrong}: has no tensor '{key}'"):
+        load_weights(folder)
+
+
+def test_truncated_files(checkpoints, tmp_path):
+    folder = copy_of(checkpoints, tmp_path, "memory", False, "float32")
+    path = folder / "model.safetensors"
+    blob = path.read_bytes()
+    header_size = struct.unpack("<Q", blob[:8])[0]
+
+    path.write_bytes(blob[:5])  # not even the length prefix
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*5 bytes"):
+        load_weights(folder)
+    path.write_bytes(blob[: 8 + header_size // 2])  # header cut
+    with pytest.raises(ValueError, match=rf"model\.safetensors: header length {header_size} runs past"):
+        load_weights(folder)
+    path.write_bytes(blob[:-10])  # the last tensor's bytes cut
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor '.*': data_offsets .* run past the end"):
+        load_weights(folder)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*0 bytes"):
+        load_weights(folder)
+
+
+F32_ONES = ("F32", (4,), np.ones(4, np.float32).tobytes())
+KEY = "multi_modal_projector.linear_1.bias"
+
+
+def test_header_not_json(tmp_path):
+    bad = b"{not json at all"
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(bad)) + bad)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the safetensors header is not valid JSON"):
+        load_weights(tmp_path)
+    bad = b"[1, 2]"
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(bad)) + bad)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the safetensors header is a JSON list"):
+        load_weights(tmp_path)
+
+
+def test_unknown_dtype(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: ("F7", (4,), bytes(16))})
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{KEY}': unknown or unsupported dtype 'F7'"):
+        load_weights(tmp_path)
+
+
+def test_offsets_that_do_not_match_the_shape(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: ("F32", (5,), bytes(16))})
+    with pytest.raises(ValueError, match=rf"tensor '{KEY}': data_offsets \[0, 16\] span 16 bytes.*needs 20"):
+        load_weights(tmp_path)
+
+
+def test_integer_weight(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: ("I32", (4,), bytes(16))})
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{KEY}' has dtype I32"):
+        load_weights(tmp_path)
+
+
+def test_unknown_key(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: F32_ONES, "image_newline": F32_ONES})
+    with pytest.raises(ValueError, match=r"model\.safetensors: checkpoint key 'image_newline' is not part"):
+        load_weights(tmp_path)
+
+
+def test_two_layouts_in_one_file(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: F32_ONES, "model." + KEY: F32_ONES})
+    with pytest.raises(ValueError, match=f"both map to '{KEY}'"):
+        load_weights(tmp_path)
+
+
+def hub_copy_with(checkpoints, folder, edit):
+    """The float32 hub-layout checkpoint, its tensors changed by `edit(dict)`, written to `folder`."""
+    source = checkpoints["hub", False, "float32"]
+    tensors = load_file(source / "model.safetensors")
+    edit(tensors)
+    write_checkpoint(folder, tensors, transformers.LlavaConfig.from_pretrained(source))
+    return folder
+
+
+def test_missing_tensor(checkpoints, config, tmp_path):
+    key = "language_model.model.layers.1.mlp.down_proj.weight"
+    folder = hub_copy_with(checkpoints, tmp_path / "missing", lambda tensors: tensors.pop(key))
+    expected = r"missing tensor 'language_model.layers.1.mlp.down_proj.weight', expected shape \(32, 48\)"
+    with pytest.raises(ValueError, match=expected):
+        load_weights(folder, config)
+
+
+def test_wrong_shape(checkpoints, config, tmp_path):
+    key = "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
+    folder = hub_copy_with(checkpoints, tmp_path / "shape", lambda t: t.update({key: torch.zeros(64, 31)}))
+    with pytest.raises(ValueError) as err:
+        load_weights(folder, config)
+    message = str(err.value)
+    assert "'vision_tower.encoder.layers.0.mlp.fc1.weight'" in message and key in message
+    assert "model.safetensors" in message and "(64, 31)" in message and "expected (64, 32)" in message
+
+
+def test_bad_dtype_argument(checkpoints):
+    with pytest.raises(ValueError, match="dtype must be"):
+        load_weights(checkpoints["memory", False, "float32"], dtype="int8")
