@@ -23,7 +23,10 @@ from .backend import xp_of
 def inverse_frequencies(xp, head_dim, theta, rope_scaling=None):
     """theta_i for i = 0 .. hd/2 - 1, float32 as Transformers computes them.  -> [hd/2]"""
     exponents = xp.arange(0, head_dim, 2, dtype=xp.float32) / head_dim  # [hd/2]
-    inv_freq = (1.0 / (xp.float32(theta) ** exponents)).astype(xp.float32)  # [hd/2]
+    # theta ** exponents correctly rounded to float32, as torch's pow gives it: NumPy's float32 pow
+    # is off by an ulp in some entries, which moves cos/sin by ~1e-5 at position 1600.
+    powers = (float(theta) ** exponents.astype(xp.float64)).astype(xp.float32)  # [hd/2]
+    inv_freq = 1.0 / powers  # [hd/2] float32
     rope_type = (rope_scaling or {}).get("rope_type", "default")
     if rope_type in ("default", "dynamic"):
         # "dynamic" NTK scaling changes the base only past max_position_embeddings, which minillava

@@ -16,9 +16,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import make_tiny_llava  # noqa: E402
+import numpy as np  # noqa: E402
 
 ROWS = [
     ("base", "fresh", "float32", False),
