@@ -513,3 +513,31 @@ def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = F
         return tuple(value)
     kinds = "an int, a list of ints or null" if allow_list else "an int or null"
     raise sec.error(key, f"must be {kinds}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The special tokens generation needs, from generation_config.json (else from config.json)."""
+
+    eos_token_id: tuple[int, ...]
+    pad_token_id: int | None
+    bos_token_id: int | None
+
+
+def load_generation_defaults(folder: str | Path, config: LlavaConfig) -> GenerationDefaults:
+    """EOS, pad and BOS ids as Transformers' generate() would take them: generation_config.json first
+    (what save_pretrained writes next to config.json), then the text config's and the llava config's."""
+    file = Path(folder) / "generation_config.json"
+    data = {}
+    if file.is_file():
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{file}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: expected a JSON object")
+    eos = data.get("eos_token_id", config.text.eos_token_id)
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    pad = data.get("pad_token_id", config.pad_token_id if config.pad_token_id is not None else config.text.pad_token_id)
+    bos = data.get("bos_token_id", config.text.bos_token_id)
+    return GenerationDefaults(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)

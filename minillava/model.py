@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .config import LlavaConfig, load_config
+from .config import GenerationDefaults, LlavaConfig, load_config, load_generation_defaults
+from .generate import generate, generate_tokens, stream_text
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
 from .merge import count_image_tokens, merge_image_features
@@ -34,8 +35,20 @@ class LlavaModel:
     """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the
     checkpoint's modules), the ``device`` ("cpu" or "cuda") and the compute ``dtype``."""
 
-    def __init__(self, config: LlavaConfig, params: dict, device: str = "cpu", dtype: str = "float32"):
+    def __init__(
+        self,
+        config: LlavaConfig,
+        params: dict,
+        device: str = "cpu",
+        dtype: str = "float32",
+        generation_defaults: GenerationDefaults | None = None,
+    ):
         self.config = config
+        self.generation_defaults = generation_defaults or GenerationDefaults(
+            eos_token_id=(config.text.eos_token_id,) if config.text.eos_token_id is not None else (),
+            pad_token_id=config.pad_token_id,
+            bos_token_id=config.text.bos_token_id,
+        )
         self.params = params
         self.device = backend.check_device(device)
         self.dtype = np.dtype(dtype)
@@ -108,7 +121,9 @@ class LlavaModel:
                     f"{n_images * cfg.num_image_tokens}: expand each <image> to {cfg.num_image_tokens} tokens "
                     f"(the processor does this)"
                 )
-        elif n_image_tokens:
+        elif n_image_tokens and (cache is None or cache.length == 0):
+            # (In a continuation of a cached sequence, an image token the model generated itself is
+            # embedded like any other token, as Transformers does in generate().)
             raise ValueError(
                 f"input_ids hold {n_image_tokens} image tokens (id {cfg.image_token_index}) but no pixel_values "
                 f"were given"
@@ -134,6 +149,32 @@ class LlavaModel:
         logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]
         record(trace, "lm_head", logits)
         return logits
+
+    # -- generation (generate.py) ----------------------------------------------------------------
+
+    def generate(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """Prompt + generated tokens [B, T + n_new], token for token Transformers' generate().
+
+        Keyword arguments: max_new_tokens (20), do_sample (False: greedy), temperature (1.0),
+        top_k (50), top_p (1.0), repetition_penalty (1.0), seed, eos_token_id and pad_token_id
+        (default: the checkpoint's generation_config.json).
+        """
+        return generate(self, input_ids, pixel_values, attention_mask, **self._generation_kwargs(kwargs))
+
+    def generate_tokens(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """The same generation as a generator of each step's tokens [B]."""
+        return generate_tokens(self, input_ids, pixel_values, attention_mask, **self._generation_kwargs(kwargs))
+
+    def stream(self, processor, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """Generate for one prompt and yield the answer's text piece by piece as it is produced."""
+        steps = self.generate_tokens(input_ids, pixel_values, attention_mask, **kwargs)
+        return stream_text(steps, lambda ids: processor.decode(ids, skip_special_tokens=True))
+
+    def _generation_kwargs(self, kwargs):
+        kwargs = dict(kwargs)
+        kwargs.setdefault("eos_token_id", self.generation_defaults.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.generation_defaults.pad_token_id)
+        return kwargs
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
@@ -239,4 +280,5 @@ def load_model(path, device: str = "cpu", dtype: str = "float32", low_memory: bo
     params = load_weights(folder, config, dtype=None if low_memory else dtype)
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
-    return LlavaModel(config, params, device=device, dtype=dtype)
+    generation_defaults = load_generation_defaults(folder, config)
+    return LlavaModel(config, params, device=device, dtype=dtype, generation_defaults=generation_defaults)

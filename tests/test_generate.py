@@ -1,0 +1,187 @@
+"""Generation against Transformers' generate(): greedy token for token, sampling distributions equal."""
+
+import numpy as np
+import pytest
+import torch
+
+import minillava
+from minillava import generate as gen
+
+from .test_model import make_inputs
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_checkpoint, hf_model):
+    folder = tiny_checkpoint("base", "hub", "float32", False)
+    return minillava.load_model(folder), hf_model(folder)
+
+
+def hf_generate(hf, input_ids, attention_mask, pixel_values, eos_token_id, **kwargs):
+    hf.generation_config.eos_token_id = eos_token_id  # None: never stop early
+    if pixel_values is not None:  # (passing pixel_values=None makes Transformers 5.24 run CLIP on None)
+        kwargs["pixel_values"] = torch.from_numpy(pixel_values)
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(attention_mask),
+            pad_token_id=hf.config.pad_token_id,
+            **kwargs,
+        )
+    return out.numpy()
+
+
+PROMPTS = {
+    "one-image": [[4, "img", 6]],
+    "two-images-one-prompt": [[3, "img", 5, "img", 2]],
+    "text-only": [[9]],
+    "left-padded-batch": [[3, "img", 5, "img", 2], [4, "img", 9], [12]],
+    "text-only-batch": [[3], [11]],
+}
+
+
+@pytest.mark.parametrize("layout", PROMPTS.values(), ids=PROMPTS.keys())
+def test_greedy_equals_transformers(pair, layout):
+    model, hf = pair
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(10), layout)
+    ours = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=48, eos_token_id=None)
+    ref = hf_generate(hf, input_ids, attention_mask, pixel_values, None, max_new_tokens=48, do_sample=False)
+    assert ours.shape == ref.shape == (len(layout), input_ids.shape[1] + 48)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_eos_stops_each_row_and_the_others_go_on(pair):
+    model, hf = pair
+    layout = PROMPTS["left-padded-batch"]
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(11), layout)
+    T = input_ids.shape[1]
+    free = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=30, eos_token_id=None)
+    # Make the token row 0 produces first at step 4 the EOS: row 0 ends there, the others go on
+    # (until they produce it themselves) and the ended row is filled with pad tokens.
+    first_steps = {}
+    for step, token in enumerate(free[0, T:]):
+        first_steps.setdefault(int(token), step)
+    eos = next(tok for tok, step in first_steps.items() if step >= 4)
+    ours = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=30, eos_token_id=eos)
+    ref = hf_generate(hf, input_ids, attention_mask, pixel_values, eos, max_new_tokens=30, do_sample=False)
+    np.testing.assert_array_equal(ours, ref)
+    stop = T + first_steps[eos]
+    assert ours[0, stop] == eos and (ours[0, stop + 1 :] == model.config.pad_token_id).all()
+    for row in (1, 2):  # rows that did not produce eos are exactly the free run
+        if eos not in free[row, T : ours.shape[1]]:
+            np.testing.assert_array_equal(ours[row], free[row, : ours.shape[1]])
+
+
+def test_a_row_in_a_padded_batch_equals_the_row_alone(pair):
+    model, _ = pair
+    layout = PROMPTS["left-padded-batch"]
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(12), layout)
+    batch = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=20, eos_token_id=None)
+    real = attention_mask[1].astype(bool)
+    alone = model.generate(input_ids[1:2, real], pixel_values[2:3], max_new_tokens=20, eos_token_id=None)
+    np.testing.assert_array_equal(batch[1, input_ids.shape[1] :], alone[0, real.sum() :])
+
+
+def test_repetition_penalty_greedy_equals_transformers(pair):
+    model, hf = pair
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(13), [[6, "img", 3]])
+    kwargs = dict(max_new_tokens=24, repetition_penalty=1.5)
+    ours = model.generate(input_ids, pixel_values, attention_mask, eos_token_id=None, **kwargs)
+    ref = hf_generate(hf, input_ids, attention_mask, pixel_values, None, do_sample=False, **kwargs)
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,penalty",
+    [(1.0, 50, 1.0, 1.0), (0.7, 0, 1.0, 1.0), (1.3, 10, 1.0, 1.0), (1.0, 0, 0.9, 1.0), (0.5, 20, 0.8, 1.2)],
+)
+def test_processed_distribution_equals_transformers_processors(temperature, top_k, top_p, penalty):
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((3, 200)) * 3).astype(np.float32)
+    sequences = rng.integers(0, 200, size=(3, 17))
+    processors = LogitsProcessorList()
+    if penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    ref = processors(torch.from_numpy(sequences), torch.from_numpy(logits)).numpy()
+    ours = gen.process_logits(logits, sequences, True, temperature, top_k, top_p, penalty)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))  # the same tokens removed
+    ours_p = gen.softmax(ours, axis=-1)
+    ref_p = torch.softmax(torch.from_numpy(ref), dim=-1).numpy()
+    assert np.max(np.abs(ours_p - ref_p)) <= 1e-6
+
+
+def test_sampling_is_reproducible_with_a_seed(pair):
+    model, _ = pair
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(14), [[4, "img", 6]])
+    kwargs = dict(max_new_tokens=16, do_sample=True, temperature=1.5, top_k=0, eos_token_id=None)
+    a = model.generate(input_ids, pixel_values, attention_mask, seed=7, **kwargs)
+    b = model.generate(input_ids, pixel_values, attention_mask, seed=7, **kwargs)
+    c = model.generate(input_ids, pixel_values, attention_mask, seed=8, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+
+
+def test_sample_draws_follow_the_distribution():
+    probs = np.array([0.5, 0.3, 0.2, 0.0])
+    scores = np.log(np.where(probs > 0, probs, 1e-30))[None].repeat(20000, axis=0).astype(np.float32)
+    draws = gen.sample(scores, np.random.default_rng(0))
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    assert np.max(np.abs(freq - probs)) < 0.015 and freq[3] == 0
+
+
+def test_stream_text_holds_back_split_multibyte_characters():
+    text = "naïve café 日本 🙂!"
+    byte_tokens = list(text.encode("utf-8"))  # one token per byte, as byte-fallback tokens are
+
+    def decode(ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    pieces = list(gen.stream_text(([t] for t in byte_tokens), decode))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert "日" in pieces and "🙂" in pieces  # a 3- and a 4-byte character, each yielded whole
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=-3), "max_new_tokens"),
+        (dict(do_sample=True, temperature=0.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+    ],
+)
+def test_bad_generation_arguments(pair, kwargs, match):
+    model, _ = pair
+    with pytest.raises(ValueError, match=match):
+        model.generate(np.array([[1, 5, 6]]), **kwargs)
+
+
+def test_prompt_longer_than_the_context(pair):
+    model, _ = pair
+    context = model.config.text.max_position_embeddings
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(np.ones((1, context), dtype=np.int64), max_new_tokens=1)
+
+
+def test_generation_stops_at_the_context(pair):
+    model, _ = pair
+    context = model.config.text.max_position_embeddings
+    out = model.generate(np.ones((1, context - 3), dtype=np.int64), max_new_tokens=10, eos_token_id=None)
+    assert out.shape == (1, context)
