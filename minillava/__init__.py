@@ -10,6 +10,7 @@ Usage::
 from .config import LlavaConfig, load_config
 from .kv_cache import KVCache
 from .model import LlavaModel, load_model
+from .processor import LlavaProcessor, load_processor
 
-__all__ = ["KVCache", "LlavaConfig", "LlavaModel", "load_config", "load_model"]
+__all__ = ["KVCache", "LlavaConfig", "LlavaModel", "LlavaProcessor", "load_config", "load_model", "load_processor"]
 __version__ = "0.1.0"

@@ -262,13 +262,16 @@ def _map_arrays(fn, tree):
     return fn(tree)
 
 
-def load_model(path, device: str = "cpu", dtype: str = "float32", low_memory: bool = False) -> LlavaModel:
+def load_model(
+    path, device: str = "cpu", dtype: str = "float32", low_memory: bool = False, progress=None
+) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded).
 
     device: "cpu" (NumPy) or "cuda" (CuPy). dtype: the compute dtype, "float32" (the reference,
     the default) or "float16". low_memory: keep the weights in the file's dtype, memory-mapped, and
     cast each one where it is used, so llava-1.5-7b (14 GB of float16) runs in float32 on a 16 GB
-    machine at the cost of a cast per use.
+    machine at the cost of a cast per use. progress: an optional ``progress(bytes_done, bytes_total)``
+    callback while the weights are read.
     """
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
@@ -277,7 +280,7 @@ def load_model(path, device: str = "cpu", dtype: str = "float32", low_memory: bo
         backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
     folder = Path(path)
     config = load_config(folder)
-    params = load_weights(folder, config, dtype=None if low_memory else dtype)
+    params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress)
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
     generation_defaults = load_generation_defaults(folder, config)

@@ -402,7 +402,7 @@ def _checkpoint_files(folder: str) -> dict[str, list[str] | None]:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_weights(folder, config=None, dtype="float32") -> dict:
+def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
     """Load a LLaVA checkpoint folder into a nested dict of arrays in the canonical layout.
 
     folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json`` + shards
@@ -415,6 +415,8 @@ def load_weights(folder, config=None, dtype="float32") -> dict:
             None: float16/float32 tensors stay as they are in the file, as read-only np.memmap views,
             so opening a 14 GB checkpoint reads nothing until a weight is used; bfloat16 tensors, which
             NumPy cannot hold, are decoded to float32 in memory.
+
+    progress: None, or a callable ``progress(bytes_done, bytes_total)`` called as tensors are read.
 
     Returns e.g. ``params["vision_tower"]["encoder"]["layers"][0]["mlp"]["fc1"]["weight"]`` [Fv, Dv] and
     ``params["language_model"]["layers"][3]["self_attn"]["q_proj"]["weight"]`` [H*hd, D].
@@ -469,9 +471,14 @@ def load_weights(folder, config=None, dtype="float32") -> dict:
     # 2. The data: mapped views, or cast copies.
     used = {path for path, _ in plan.values()}
     buffers = {path: _map_buffer(path, headers[path][1]) for path in used}
+    sizes = {key: headers[path][0][name]["end"] - headers[path][0][name]["begin"] for key, (path, name) in plan.items()}
+    total, done = sum(sizes.values()), 0
     flat = {}
     for key, (path, name) in plan.items():
         flat[key] = _tensor(buffers[path], headers[path][0][name], dtype)
+        if progress is not None:
+            done += sizes[key]
+            progress(done, total)
     if tied:
         flat["lm_head.weight"] = flat["language_model.embed_tokens.weight"]  # the same array, not a copy
     return unflatten(flat)

@@ -1,0 +1,564 @@
+"""Text side of LLaVA: chat template, <image> expansion, tokenizer, batching and padding, decoding.
+
+    conversation ─ apply_chat_template ─▶ "USER: <image>\\nWhat is shown? ASSISTANT:"
+    images ─ preprocess.preprocess ─────────────────────────────────────▶ pixel_values    [N, 3, H, W]
+    prompt ─ expand each <image> to L image tokens ─ tokenizer ─ pad ───▶ input_ids       [B, T]
+                                                                          attention_mask  [B, T]
+    generated ids ─ batch_decode ─▶ text
+
+Equal to Transformers 5.24's ``LlavaProcessor.from_pretrained(folder)`` (models/llava/processing_llava.py
+and ProcessorMixin in processing_utils.py), with these findings:
+
+- Tokenizer: for a folder whose config.json says ``model_type: llava``, Transformers loads tokenizer.json
+  as it is (``TokenizersBackend``), so the ``tokenizers`` library gives the same ids. (Without config.json it
+  would rebuild a ``LlamaTokenizer`` in the Metaspace form, which tokenizes the legacy llava-hf tokenizer.json
+  differently after special tokens; minillava always follows tokenizer.json.)
+- BOS: added by tokenizer.json's post-processor. Transformers 5.24 drops tokenizer_config.json's
+  ``add_bos_token``/``add_eos_token`` when a tokenizer.json exists, and so does minillava.
+- ``<image>`` expansion: the string is expanded before tokenizing, as Transformers does, to
+  ``(H // patch) * (W // patch) + num_additional_image_tokens`` image tokens (minus one for the "default"
+  strategy), H and W being the preprocessed image's size. ``patch_size``, ``vision_feature_select_strategy``
+  and ``num_additional_image_tokens`` come from processor_config.json; where it lacks them (older folders)
+  minillava takes the vision patch size and strategy from config.json and 1 extra token (CLIP's CLS).
+  Transformers would fail there (no patch size) or count 0 extra tokens, one too few for the model.
+- Padding: Transformers pads on tokenizer_config.json's ``padding_side`` (default right). Batched
+  generation needs left padding, so ``load_processor`` pads left unless told otherwise
+  (``padding_side=None`` follows tokenizer_config.json).
+- Chat template: processor_config.json's "chat_template" key, else chat_template.json, else
+  chat_template.jinja (the .json wins over the .jinja, as in Transformers), else tokenizer_config.json's
+  "chat_template" (Transformers' processor has no template then; its tokenizer would use this one).
+  The llava-1.5 template is rendered natively (``render_llava_15``); any other template with Jinja, set up
+  like Transformers' ``render_jinja_template``.
+
+Legend: B = prompts, T = tokens per padded row, N = images, H, W = image size after preprocessing,
+L = image tokens per image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer
+
+from . import preprocess as image_preprocess
+from .config import load_config
+
+IMAGE_TOKEN = "<image>"
+PADDING_SIDES = ("left", "right")
+ROLES = ("system", "user", "assistant")
+
+# The chat template of llava-hf/llava-1.5-7b-hf (chat_template.json; Transformers' own test
+# tests/models/llava/test_processing_llava.py quotes it). Rendered natively by `render_llava_15`.
+LLAVA_15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto',"
+    " 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# The same template without the assistant branch (which, once {% generation %} is dropped, repeats the user
+# branch): renders identically, so it is recognised too.
+LLAVA_15_CHAT_TEMPLATE_PLAIN = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto',"
+    " 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% for content in message['content'] |"
+    " selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+class LlavaProcessor:
+    """Turns conversations, prompts and images into model inputs, and generated ids back into text.
+
+    tokenizer: a ``tokenizers.Tokenizer`` (the folder's tokenizer.json);
+    image_processor_config: ``preprocess.ImageProcessorConfig``;
+    chat_template: the Jinja template text, or None;
+    image_token / image_token_id: the placeholder ("<image>") and its id;
+    patch_size, vision_feature_select_strategy, num_additional_image_tokens: how many image tokens an image
+    takes (see ``image_token_count``); num_image_tokens: that count for a center-cropped image;
+    bos/eos/pad/unk_token(_id): the tokenizer's special tokens (None where the folder names none);
+    padding_side: "left" or "right", the default for ``__call__``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_processor_config: image_preprocess.ImageProcessorConfig,
+        patch_size: int,
+        vision_feature_select_strategy: str = "default",
+        num_additional_image_tokens: int = 1,
+        chat_template: str | None = None,
+        image_token: str = IMAGE_TOKEN,
+        special_tokens: dict[str, str] | None = None,
+        padding_side: str = "left",
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor_config = image_processor_config
+        self.chat_template = chat_template
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {vision_feature_select_strategy!r}"
+            )
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = int(num_additional_image_tokens)
+        self.image_token = image_token
+        self.image_token_id = tokenizer.token_to_id(image_token)
+        if self.image_token_id is None:
+            raise ValueError(f"the image token {image_token!r} is not in the tokenizer's vocabulary")
+        special_tokens = special_tokens or {}
+        for name in ("bos", "eos", "pad", "unk"):
+            token = special_tokens.get(f"{name}_token")
+            setattr(self, f"{name}_token", token)
+            setattr(self, f"{name}_token_id", None if token is None else tokenizer.token_to_id(token))
+        self.padding_side = _check_padding_side(padding_side, "padding_side")
+
+    # -- image tokens ---------------------------------------------------------------------------------
+
+    def image_token_count(self, height: int, width: int) -> int:
+        """Image tokens for one preprocessed image of height x width (LlavaProcessor.replace_image_token):
+        one per patch, plus the extra tokens (CLS), minus CLS again for the "default" strategy."""
+        count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
+        return count - 1 if self.vision_feature_select_strategy == "default" else count
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per image after the center crop (576 for llava-1.5)."""
+        height, width = self.image_processor_config.crop_size
+        return self.image_token_count(height, width)
+
+    # -- chat template --------------------------------------------------------------------------------
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, use_jinja: bool = False):
+        """Render a conversation (a list of {"role", "content"} messages) into a prompt string.
+
+        A batch (a list of conversations) gives a list of prompts. The llava-1.5 template is rendered by
+        ``render_llava_15``; any other template, or ``use_jinja=True``, by ``render_jinja``, which reproduces
+        Transformers exactly (including its quirks, such as the llava-1.5 template dropping string content).
+        """
+        if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+            return [self.apply_chat_template(c, add_generation_prompt, use_jinja) for c in conversation]
+        if self.chat_template is None:
+            raise ValueError(
+                "this checkpoint has no chat template (no chat_template.jinja, chat_template.json or "
+                "'chat_template' in tokenizer_config.json); write the prompt yourself"
+            )
+        if not use_jinja and is_llava_15_template(self.chat_template):
+            return render_llava_15(conversation, add_generation_prompt)
+        return render_jinja(
+            self.chat_template,
+            conversation,
+            add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            unk_token=self.unk_token,
+            pad_token=self.pad_token,
+        )
+
+    # -- encoding -------------------------------------------------------------------------------------
+
+    def __call__(self, images=None, text=None, padding=True, padding_side: str | None = None) -> dict[str, np.ndarray]:
+        """Prompts (and their images) -> {"input_ids" [B, T] int64, "attention_mask" [B, T] int64,
+        "pixel_values" [N, 3, H, W] float32 (only with images)}.
+
+        text: a prompt or a list of prompts, each "<image>" marking where an image goes;
+        images: a PIL image or path, or a list of them (or one list per prompt), in the order of the markers;
+        padding: True (or "longest") pads every row to the longest on ``padding_side`` (default: the
+        processor's); False requires rows of equal length (Transformers would return ragged lists).
+        """
+        if images is None and text is None:
+            raise ValueError("give text (a prompt or a list of prompts), images, or both")
+        prompts = None if text is None else _as_prompts(text)
+        image_list = None if images is None else _as_image_list(images)
+        if padding not in (True, False, "longest", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad', got {padding!r}")
+        side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
+        if prompts is not None:  # check the markers before any image is decoded
+            markers = sum(prompt.count(self.image_token) for prompt in prompts)
+            given = 0 if image_list is None else len(image_list)
+            if markers != given:
+                raise ValueError(
+                    f"the prompts hold {markers} {self.image_token} marker(s) but {given} image(s) were given in "
+                    f"`images`; put one {self.image_token} in `text` for each image"
+                )
+        out = {}
+        if image_list is not None:
+            pixel_values = image_preprocess.preprocess(image_list, self.image_processor_config)  # [N, 3, H, W]
+            out["pixel_values"] = pixel_values
+        if prompts is not None:
+            if image_list is not None:
+                count = self.image_token_count(*pixel_values.shape[2:])  # L (all images share one size)
+                prompts = [prompt.replace(self.image_token, self.image_token * count) for prompt in prompts]
+            rows = [encoding.ids for encoding in self.tokenizer.encode_batch(prompts, add_special_tokens=True)]
+            input_ids, attention_mask = self._pad(rows, padding, side)  # [B, T], [B, T]
+            out = {"input_ids": input_ids, "attention_mask": attention_mask, **out}
+        return out
+
+    def _pad(self, rows: list[list[int]], padding, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token rows -> (input_ids [B, T], attention_mask [B, T]), padded with pad_token_id on `side`."""
+        lengths = [len(row) for row in rows]
+        longest = max(lengths)
+        if padding in (False, "do_not_pad") and min(lengths) != longest:
+            raise ValueError(
+                f"padding=False but the prompts tokenize to different lengths {lengths}; pass padding=True "
+                "(Transformers returns ragged lists here, which cannot be one array)"
+            )
+        if min(lengths) != longest and self.pad_token_id is None:
+            raise ValueError("the prompts need padding but the tokenizer has no pad token (pad_token)")
+        input_ids = np.full((len(rows), longest), self.pad_token_id or 0, dtype=np.int64)  # [B, T]
+        attention_mask = np.zeros((len(rows), longest), dtype=np.int64)  # [B, T]
+        for i, row in enumerate(rows):
+            start = longest - len(row) if side == "left" else 0
+            input_ids[i, start : start + len(row)] = row
+            attention_mask[i, start : start + len(row)] = 1
+        return input_ids, attention_mask
+
+    # -- decoding -------------------------------------------------------------------------------------
+
+    def batch_decode(self, ids, skip_special_tokens: bool = False) -> list[str]:
+        """[B, T] token ids (array or list of lists, rows may differ in length) -> B strings."""
+        if isinstance(ids, np.ndarray) or hasattr(ids, "tolist"):
+            ids = np.asarray(ids)
+            if ids.ndim != 2:
+                raise ValueError(f"batch_decode takes ids of shape [B, T], got shape {ids.shape}; use decode")
+        return [self.decode(row, skip_special_tokens) for row in ids]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """[T] token ids (or one int) -> text, through tokenizer.json's decoder (byte fallback, ▁ -> space)."""
+        array = np.asarray(ids)
+        if array.ndim == 0:
+            array = array.reshape(1)
+        if array.ndim != 1:
+            raise ValueError(f"decode takes one row of token ids, got shape {array.shape}; use batch_decode")
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
+        vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if array.size and (array.min() < 0 or array.max() >= vocab_size):
+            raise ValueError(f"token ids must lie in [0, {vocab_size}), got {array.min()}..{array.max()}")
+        return self.tokenizer.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chat templates
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def render_llava_15(conversation, add_generation_prompt: bool = False) -> str:
+    """The llava-1.5 prompt format, as llava-hf's chat template writes it:
+
+        [system text + " "] "USER: " + "<image>\\n" per image + (text + " ") per text
+        "ASSISTANT: " + (text + " ") per text  ...  ["ASSISTANT:" as the generation prompt]
+
+    Images of a message come first, then its texts, whatever their order in the content list; a system
+    message has no role prefix; assistant turns end with a space, not </s>. A string content counts as one
+    text part (Transformers renders nothing for it: its template only reads typed parts).
+    """
+    prompt = []
+    for message in _check_conversation(conversation, known_roles_only=True):
+        parts = _content_parts(message["content"])
+        if message["role"] != "system":
+            prompt.append(message["role"].upper() + ": ")
+        prompt.extend("<image>\n" for part in parts if part["type"] == "image")
+        prompt.extend(part["text"] + " " for part in parts if part["type"] == "text")
+    if add_generation_prompt:
+        prompt.append("ASSISTANT:")
+    return "".join(prompt)
+
+
+def render_jinja(chat_template: str, conversation, add_generation_prompt: bool = False, **special_tokens) -> str:
+    """Render any chat template with Jinja, set up as Transformers' ``render_jinja_template``: a sandboxed
+    environment with trim_blocks and lstrip_blocks, loop controls, the ``{% generation %}`` tag, the
+    ``raise_exception``/``strftime_now`` globals and a ``tojson`` that keeps non-ASCII. The messages are
+    passed as given, except that OpenAI-style "image_url" parts become "image" parts, as Transformers
+    converts them; special tokens (bos_token, ...) are template variables."""
+    try:
+        import jinja2  # noqa: F401  (optional: only templates other than llava-1.5's need it)
+    except ImportError as err:
+        raise ImportError(
+            "this checkpoint's chat template is not the llava-1.5 one, so it must be rendered with Jinja; "
+            "install jinja2 (pip install jinja2)"
+        ) from err
+    messages = [
+        {**message, "content": [_from_image_url(part) for part in message["content"]]}
+        if isinstance(message["content"], (list, tuple))
+        else message
+        for message in _check_conversation(conversation, known_roles_only=False)
+    ]
+    variables = {name: value for name, value in special_tokens.items() if value is not None}
+    return (
+        _jinja_environment()
+        .from_string(chat_template)
+        .render(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables)
+    )
+
+
+def is_llava_15_template(chat_template: str) -> bool:
+    """Whether the template is llava-1.5's, up to comments, {% generation %} tags and whitespace inside tags."""
+    signature = _template_signature(chat_template)
+    return signature in (_template_signature(LLAVA_15_CHAT_TEMPLATE), _template_signature(LLAVA_15_CHAT_TEMPLATE_PLAIN))
+
+
+def _template_signature(template: str) -> str:
+    """Comments and {% generation %} tags removed, whitespace outside string literals removed inside tags.
+    Text outside tags is kept as is (it is output)."""
+    template = re.sub(r"\{#.*?#\}", "", template, flags=re.DOTALL)
+    if template.endswith("%}\n"):  # trim_blocks drops the newline after a block tag
+        template = template[:-1]
+    template = re.sub(r"\{\{.*?\}\}|\{%.*?%\}", lambda m: _strip_code_whitespace(m.group()), template, flags=re.DOTALL)
+    return template.replace("{%generation%}", "").replace("{%endgeneration%}", "")
+
+
+def _strip_code_whitespace(code: str) -> str:
+    """Drop the whitespace of a Jinja tag that lies outside its quoted strings."""
+    out, quote = [], None
+    for ch in code:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch.isspace():
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _jinja_environment():
+    import json as _json
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(Extension):
+        """{% generation %} ... {% endgeneration %} renders its body (Transformers uses it to mark
+        assistant tokens)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def _check_conversation(conversation, known_roles_only: bool) -> list[dict]:
+    """Check the shape of a conversation; returns its messages with None-valued keys dropped (as
+    Transformers drops them)."""
+    if not isinstance(conversation, (list, tuple)) or len(conversation) == 0:
+        raise ValueError("conversation must be a non-empty list of messages ({'role': ..., 'content': ...})")
+    messages = []
+    for i, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise ValueError(
+                f"conversation[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}"
+            )
+        message = {key: value for key, value in message.items() if value is not None}
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise ValueError(f"conversation[{i}] has no 'role' (one of {ROLES})")
+        if known_roles_only and role not in ROLES:
+            raise ValueError(f"conversation[{i}] has the unknown role {role!r}; the llava-1.5 format knows {ROLES}")
+        if "content" not in message:
+            raise ValueError(f"conversation[{i}] ({role}) has no 'content'")
+        if not isinstance(message["content"], (str, list, tuple)):
+            raise ValueError(
+                f"conversation[{i}]['content'] must be a string or a list of parts, "
+                f"got {type(message['content']).__name__}"
+            )
+        messages.append(message)
+    return messages
+
+
+def _from_image_url(part):
+    """{"type": "image_url", "image_url": {"url": u}} -> {"type": "image", "url": u} (Transformers'
+    ProcessorMixin._normalize_conversations)."""
+    if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
+        url = part["image_url"].get("url", "") if isinstance(part["image_url"], dict) else part["image_url"]
+        return {"type": "image", "url": url}
+    return part
+
+
+def _content_parts(content) -> list[dict]:
+    """A message's content as typed parts: a string is one text part; "image_url" parts (OpenAI style)
+    are images, as Transformers converts them."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("image", "image_url"):
+            parts.append({"type": "image"})
+        elif kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {j} is of type 'text' but has no string 'text'")
+            parts.append(part)
+        else:
+            raise ValueError(f"content part {j} must be a dict with 'type' 'text' or 'image', got {part!r:.80}")
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _as_prompts(text) -> list[str]:
+    prompts = [text] if isinstance(text, str) else text
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"`text` must hold strings, but text[{i}] is a {type(prompt).__name__}")
+    return list(prompts)
+
+
+def _as_image_list(images) -> list:
+    """A PIL image or path, a list of them, or a list of lists (one per prompt) -> a flat list."""
+    if isinstance(images, (Image.Image, str, Path)):
+        return [images]
+    if not isinstance(images, (list, tuple)):
+        raise ValueError(f"`images` must be a PIL image, a path or a list of them, got {type(images).__name__}")
+    flat = []
+    for item in images:
+        flat.extend(item if isinstance(item, (list, tuple)) else [item])
+    for i, image in enumerate(flat):
+        if not isinstance(image, (Image.Image, str, Path)):
+            raise ValueError(f"`images` must hold PIL images or paths, but image {i} is a {type(image).__name__}")
+    return flat
+
+
+def _check_padding_side(side, name: str) -> str:
+    if side not in PADDING_SIDES:
+        raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
+    return side
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_processor(path, padding_side: str | None = "left") -> LlavaProcessor:
+    """Read a checkpoint folder's tokenizer.json, tokenizer_config.json, processor/preprocessor config,
+    chat template and (for older folders) config.json. ``padding_side=None`` follows tokenizer_config.json
+    (default "right", as Transformers); the default "left" is what batched generation needs."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"{folder}: no tokenizer.json (minillava reads the tokenizers-library file)")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()  # minillava pads itself
+    tokenizer.no_truncation()
+
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    special_map = _read_json(folder / "special_tokens_map.json")
+    special_tokens = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        token = _token_text(tokenizer_config.get(name)) or _token_text(special_map.get(name))
+        if token is not None:
+            special_tokens[name] = token
+            if tokenizer.token_to_id(token) is None:  # Transformers adds a named special token that is missing
+                tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+
+    # How many tokens an image takes: processor_config.json, else (older folders) the model's config.json.
+    processor_config = _read_json(folder / "processor_config.json")
+    model_config = load_config(folder) if (folder / "config.json").is_file() else None
+    patch_size = processor_config.get("patch_size")
+    strategy = processor_config.get("vision_feature_select_strategy")
+    if model_config is not None:
+        patch_size = patch_size or model_config.vision.patch_size
+        strategy = strategy or model_config.vision_feature_select_strategy
+    if patch_size is None:
+        raise ValueError(f"{folder}: no patch_size in processor_config.json and no config.json to take it from")
+    extra = processor_config.get("num_additional_image_tokens")
+
+    if padding_side is None:
+        padding_side = tokenizer_config.get("padding_side", "right")
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: padding_side must be 'left' or 'right'")
+
+    return LlavaProcessor(
+        tokenizer=tokenizer,
+        image_processor_config=image_preprocess.load_image_processor_config(folder),
+        patch_size=int(patch_size),
+        vision_feature_select_strategy=strategy or "default",
+        num_additional_image_tokens=1 if extra is None else int(extra),
+        chat_template=_read_chat_template(folder, processor_config, tokenizer_config),
+        image_token=processor_config.get("image_token", IMAGE_TOKEN),
+        special_tokens=special_tokens,
+        padding_side=padding_side,
+    )
+
+
+def _read_chat_template(folder: Path, processor_config: dict, tokenizer_config: dict) -> str | None:
+    """processor_config.json's "chat_template" > chat_template.json > chat_template.jinja >
+    tokenizer_config.json's "chat_template" (a dict or list of named templates: the "default" one)."""
+    if processor_config.get("chat_template") is not None:
+        return _default_template(processor_config["chat_template"], folder / "processor_config.json")
+    legacy = folder / "chat_template.json"
+    if legacy.is_file():
+        data = _read_json(legacy)
+        if "chat_template" not in data:
+            raise ValueError(f"{legacy}: no 'chat_template' key")
+        return _default_template(data["chat_template"], legacy)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if tokenizer_config.get("chat_template") is not None:
+        return _default_template(tokenizer_config["chat_template"], folder / "tokenizer_config.json")
+    return None
+
+
+def _default_template(value, source: Path) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # tokenizer_config.json's [{"name": ..., "template": ...}, ...]
+        value = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+    if isinstance(value, dict) and isinstance(value.get("default"), str):
+        return value["default"]
+    raise ValueError(f"{source}: 'chat_template' must be a string or hold a 'default' template")
+
+
+def _token_text(value) -> str | None:
+    """tokenizer_config.json writes a special token as a string or as {"content": ..., ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object")
+    return data
