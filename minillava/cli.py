@@ -1,0 +1,214 @@
+"""The command line: ask a question about a picture and watch the answer stream in.
+
+    minillava                                   # the bundled demo model answers its sample pictures
+    minillava --image cat.jpg --question "What is shown?"
+    minillava --image cat.jpg --chat            # a multi-turn conversation about one picture
+    minillava --model path/to/llava-1.5-7b-hf --image cat.jpg --question "..." --device cuda
+
+``--model`` takes a local llava-hf folder or a hub id (downloaded with huggingface_hub when it is
+installed). Every error is one line on stderr and a non-zero exit status; Ctrl-C stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent / "demo"
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+class CliError(Exception):
+    """A problem to report on one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minillava",
+        description="Ask LLaVA-1.5 (NumPy/CuPy) a question about a picture. "
+        "With no arguments, the bundled demo model answers its sample pictures.",
+    )
+    parser.add_argument("--model", help="llava-hf checkpoint folder or hub id (default: the bundled demo model)")
+    parser.add_argument("--image", help="picture to ask about (a file Pillow can open)")
+    parser.add_argument("--question", "-q", help="the question (default: 'What is shown in the image?')")
+    parser.add_argument("--chat", action="store_true", help="interactive multi-turn chat about --image")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (NumPy) or cuda (CuPy)")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default=None, help="compute dtype")
+    parser.add_argument("--low-memory", action="store_true", help="keep float16 weights memory-mapped (7B on 16 GB)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (usage hint included) and exits with 2."""
+
+    def error(self, message):
+        self.exit(2, f"minillava: {message} (see minillava --help)\n")
+
+
+def resolve_model(name: str | None) -> Path:
+    """A local folder, or a hub id downloaded with huggingface_hub (if installed)."""
+    if name is None:
+        if not (DEMO / "config.json").is_file():
+            raise CliError(f"the bundled demo model is missing from {DEMO}; give --model PATH")
+        return DEMO
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CliError(f"--model {name}: not a folder (give a llava-hf checkpoint folder)")
+        if not (path / "config.json").is_file():
+            raise CliError(f"--model {name}: no config.json there, so it is not a llava-hf checkpoint folder")
+        return path
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CliError(f"--model {name}: no such folder")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CliError(
+            f"--model {name}: no such folder. To use a hub id, `pip install huggingface_hub`, or download the "
+            f"folder yourself: `huggingface-cli download {name} --local-dir {name.split('/')[-1]}`"
+        ) from None
+    print(f"downloading {name} from the Hugging Face hub ...", file=sys.stderr)
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.model"]))
+    except Exception as err:  # network, auth, unknown repo: one line
+        raise CliError(f"--model {name}: download failed: {err}") from None
+
+
+def load(args):
+    """Model and processor, with the library's own errors turned into one-line CLI errors."""
+    import minillava
+
+    folder = resolve_model(args.model)
+    dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
+    shown = [-1]
+
+    def progress(done, total):
+        percent = 100 * done // max(total, 1)
+        if total > 200e6 and percent // 5 != shown[0]:  # only large checkpoints are worth a progress line
+            shown[0] = percent // 5
+            print(f"\rloading weights {percent:3d}% of {total / 1e9:.1f} GB", end="", file=sys.stderr, flush=True)
+
+    try:
+        processor = minillava.load_processor(folder)
+        model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory,
+                                     progress=progress)  # fmt: skip
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        raise CliError(f"--model {folder}: {err}") from None
+    if shown[0] >= 0:
+        print(file=sys.stderr)
+    return model, processor
+
+
+def generation_kwargs(args) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+
+
+def open_image(path):
+    from .preprocess import load_image
+
+    try:
+        return load_image(path)
+    except (FileNotFoundError, IsADirectoryError, ValueError, OSError) as err:
+        raise CliError(f"--image {path}: {err}") from None
+
+
+def answer(model, processor, image, conversation, args, out=sys.stdout) -> str:
+    """Stream the answer to the conversation's last question; return it whole."""
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=[image] if image is not None else None, text=[prompt])
+    pieces = []
+    try:
+        for piece in model.stream(processor, **inputs, **generation_kwargs(args)):
+            pieces.append(piece)
+            print(piece, end="", file=out, flush=True)
+    except ValueError as err:  # bad sampling flags, a prompt longer than the context, ...
+        raise CliError(str(err)) from None
+    print(file=out, flush=True)
+    return "".join(pieces).strip()
+
+
+def user_turn(question, with_image):
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    return {"role": "user", "content": content}
+
+
+def run_samples(model, processor, args):
+    """No image given: answer every bundled sample picture's question."""
+    samples = sorted((DEMO / "samples").glob("*.json"))
+    if not samples:
+        raise CliError(f"no sample pictures in {DEMO / 'samples'}; give --image")
+    for meta_file in samples:
+        meta = json.loads(meta_file.read_text())
+        image_path = meta_file.with_name(meta["image"])
+        questions = meta.get("questions") or [meta["question"]]
+        image = open_image(image_path)
+        print(f"{image_path.name}")
+        for question in questions:
+            print(f"  Q: {question}\n  A: ", end="", flush=True)
+            answer(model, processor, image, [user_turn(question, True)], args)
+
+
+def run_chat(model, processor, image, args):
+    """A multi-turn conversation about one picture; an empty line or Ctrl-D ends it."""
+    conversation = []
+    print("Ask about the picture (empty line or Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if not question:
+            return
+        conversation.append(user_turn(question, with_image=not conversation))
+        print("llava> ", end="", flush=True)
+        reply = answer(model, processor, image, conversation, args)
+        conversation.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    parser.__class__ = _Parser  # one-line errors for unknown or malformed flags
+    args = parser.parse_args(argv)
+    try:
+        if args.chat and not args.image:
+            raise CliError("--chat needs --image")
+        if args.question and not args.image:
+            raise CliError("--question needs --image (or run without arguments for the demo samples)")
+        image = open_image(args.image) if args.image else None
+        model, processor = load(args)
+        if image is None:
+            run_samples(model, processor, args)
+        elif args.chat:
+            run_chat(model, processor, image, args)
+        else:
+            question = args.question or "What is shown in the image?"
+            answer(model, processor, image, [user_turn(question, True)], args)
+        return 0
+    except CliError as err:
+        print(f"minillava: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nminillava: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
