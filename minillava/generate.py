@@ -205,19 +205,25 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, **kwargs)
     return np.concatenate([input_ids, np.stack(steps, axis=1)], axis=1)
 
 
-def stream_text(token_steps, decode):
+def stream_text(token_steps, decode, byte_token_ids=frozenset()):
     """Turn a one-row stream of tokens into a stream of text pieces.
 
     token_steps: an iterator of [1] token arrays (generate_tokens with B = 1); decode: ids -> str
-    (e.g. ``processor.decode(ids, skip_special_tokens=True)``). The whole answer so far is decoded
-    at each step and only its new end is yielded; while the end is an incomplete UTF-8 character
-    (a byte-fallback token waiting for the next byte), nothing is yielded.
+    (e.g. ``processor.decode(ids, skip_special_tokens=True)``); byte_token_ids: the tokenizer's
+    byte-fallback tokens (<0x00> .. <0xFF>).
+
+    The whole answer so far is decoded at each step and only its new end is yielded. Text that may
+    still change is held back: a run of byte-fallback tokens decodes as a whole (valid UTF-8 becomes
+    its characters, anything else one U+FFFD per byte), so nothing is yielded while the last token
+    is a byte token, nor while the text ends in an incomplete character (U+FFFD).
     """
     ids, printed = [], ""
     for tokens in token_steps:
         if len(tokens) != 1:
             raise ValueError(f"streaming text needs a batch of one sequence, got {len(tokens)}")
         ids.append(int(tokens[0]))
+        if ids[-1] in byte_token_ids:
+            continue
         text = decode(ids)
         if text.endswith("\ufffd"):
             continue

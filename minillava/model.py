@@ -168,7 +168,8 @@ class LlavaModel:
     def stream(self, processor, input_ids, pixel_values=None, attention_mask=None, **kwargs):
         """Generate for one prompt and yield the answer's text piece by piece as it is produced."""
         steps = self.generate_tokens(input_ids, pixel_values, attention_mask, **kwargs)
-        return stream_text(steps, lambda ids: processor.decode(ids, skip_special_tokens=True))
+        decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return stream_text(steps, decode, processor.byte_token_ids)
 
     def _generation_kwargs(self, kwargs):
         kwargs = dict(kwargs)

@@ -48,6 +48,7 @@ from . import preprocess as image_preprocess
 from .config import load_config
 
 IMAGE_TOKEN = "<image>"
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PADDING_SIDES = ("left", "right")
 ROLES = ("system", "user", "assistant")
 
@@ -120,6 +121,10 @@ class LlavaProcessor:
             setattr(self, f"{name}_token", token)
             setattr(self, f"{name}_token_id", None if token is None else tokenizer.token_to_id(token))
         self.padding_side = _check_padding_side(padding_side, "padding_side")
+        # Byte-fallback tokens <0x00> .. <0xFF>: characters outside the BPE vocabulary are spelled in bytes.
+        self.byte_token_ids = frozenset(
+            i for token, i in tokenizer.get_vocab(with_added_tokens=False).items() if _BYTE_TOKEN.fullmatch(token)
+        )
 
     # -- image tokens ---------------------------------------------------------------------------------
 
@@ -240,9 +245,10 @@ class LlavaProcessor:
             raise ValueError(f"decode takes one row of token ids, got shape {array.shape}; use batch_decode")
         if array.size and not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
-        vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        if array.size and (array.min() < 0 or array.max() >= vocab_size):
-            raise ValueError(f"token ids must lie in [0, {vocab_size}), got {array.min()}..{array.max()}")
+        if array.size and array.min() < 0:
+            raise ValueError(f"token ids must be >= 0, got {array.min()}")
+        # Ids past the tokenizer's vocabulary (llava-1.5 pads its embedding matrix from 32002 to 32064
+        # rows, so a model can produce them) decode to nothing, as in Transformers.
         return self.tokenizer.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
 
 

@@ -82,6 +82,9 @@ VARIANTS = {
     "head_dim": {"text_config": {"head_dim": 16}},
     "tied": {"tie_word_embeddings": True, "text_config": {"tie_word_embeddings": True}},
     "layer_0": {"vision_feature_layer": 0},
+    # With processor files (tools/make_tiny_tokenizer.py): a 382-token tokenizer whose <image> is 380 and
+    # <pad> 381, as llava-hf's are 32000 and 32001; the vocabulary is padded to 384 as llava's to 32064.
+    "chat": {"text_config": {"vocab_size": 384}, "image_token_index": 380, "pad_token_id": 381},
 }
 
 LAYOUTS = ("fresh", "hub", "internal")
@@ -185,13 +188,18 @@ def checkpoint(variant: str = "base", layout: str = "fresh", dtype: str = "float
     """A cached checkpoint folder under .fixtures/ (rebuilt when this file or Transformers changes)."""
     import transformers
 
-    stamp = hashlib.sha256(Path(__file__).read_bytes() + transformers.__version__.encode()).hexdigest()[:12]
+    sources = Path(__file__).read_bytes() + (Path(__file__).parent / "make_tiny_tokenizer.py").read_bytes()
+    stamp = hashlib.sha256(sources + transformers.__version__.encode()).hexdigest()[:12]
     name = f"{variant}-{layout}-{dtype}{'-sharded' if shard else ''}"
     folder = CACHE / name
     stamp_file = folder / ".stamp"
     if stamp_file.exists() and stamp_file.read_text() == stamp:
         return folder
     save_checkpoint(build_model(variant), folder, layout=layout, dtype=dtype, shard=shard)
+    if variant == "chat":
+        import make_tiny_tokenizer
+
+        make_tiny_tokenizer.write_processor_files(folder, style="llama")
     stamp_file.write_text(stamp)
     return folder
 
