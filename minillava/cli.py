@@ -129,8 +129,9 @@ def open_image(path):
         raise CliError(f"--image {path}: {err}") from None
 
 
-def answer(model, processor, image, conversation, args, out=sys.stdout) -> str:
-    """Stream the answer to the conversation's last question; return it whole."""
+def answer(model, processor, image, conversation, args, out=None) -> str:
+    """Stream the answer to the conversation's last question (to ``out``, stdout by default); return it whole."""
+    out = out or sys.stdout
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=[image] if image is not None else None, text=[prompt])
     pieces = []

@@ -1,0 +1,113 @@
+"""The command line: answers stream to stdout; every bad input is one line on stderr and a non-zero exit."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minillava
+from minillava import cli
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_checkpoint):
+    return tiny_checkpoint("chat", "hub", "float16", True)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pics") / "shapes.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def expected_answer(folder, picture, question, max_new_tokens):
+    model, processor = minillava.load_model(folder), minillava.load_processor(folder)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=[Image.open(picture)], text=[prompt])
+    ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_question_about_a_picture(folder, picture, capsys):
+    argv = ["--model", str(folder), "--image", str(picture), "-q", "What is shown?", "--max-new-tokens", "12"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == expected_answer(folder, picture, "What is shown?", 12) + "\n"
+
+
+def test_chat_keeps_the_conversation(folder, picture, monkeypatch, capsys):
+    questions = iter(["What is shown?", "And the colour?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    assert cli.main(["--model", str(folder), "--image", str(picture), "--chat", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("llava> ") == 2
+
+
+def test_sampling_flags_and_seed_are_reproducible(folder, picture, capsys):
+    argv = ["--model", str(folder), "--image", str(picture), "--sample", "--temperature", "1.5", "--seed", "3"]
+    argv += ["--max-new-tokens", "8"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--image", "no/such/picture.png"], "no/such/picture.png"),
+        (["--image", "{text}"], "picture.txt"),
+        (["--model", "{tmp}", "--image", "{picture}"], "not a llava-hf checkpoint"),
+        (["--model", "no-such-folder", "--image", "{picture}"], "no-such-folder"),
+        (["--image", "{picture}", "--device", "cuda"], "CuPy"),
+        (["--image", "{picture}", "--top-p", "2"], "top_p"),
+        (["--image", "{picture}", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["--chat"], "--chat needs --image"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr(folder, picture, tmp_path, capsys, argv, message):
+    text = tmp_path / "picture.txt"
+    text.write_text("not a picture")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [a.format(text=text, tmp=empty, picture=picture) for a in argv]
+    if "--model" not in argv:
+        argv = ["--model", str(folder), *argv]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("minillava: ") and message in err
+
+
+def test_unknown_flag_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--no-such-flag"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--no-such-flag" in err
+
+
+def test_ctrl_c_during_generation_stops_cleanly(folder, picture, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        yield "partial"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minillava.LlavaModel, "stream", interrupted)
+    assert cli.main(["--model", str(folder), "--image", str(picture)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "partial" and captured.err.strip() == "minillava: interrupted"
+
+
+def test_python_dash_m_runs_without_a_traceback(folder):
+    result = subprocess.run(
+        [sys.executable, "-m", "minillava", "--model", str(folder), "--image", "missing.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "missing.png" in result.stderr
