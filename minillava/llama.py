@@ -49,10 +49,12 @@ def decoder_layer(params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=Non
     """LlamaDecoderLayer: pre-RMSNorm attention and MLP, each added to the residual stream.  [B, T, D] -> same"""
     name = f"language_model.layers.{layer}"
     h = rms_norm(x, params["input_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    record(trace, f"{name}.input_layernorm", h)
     h = self_attention(params["self_attn"], h, cos, sin, mask, cfg, cache, layer)  # [B, T, D]
     record(trace, f"{name}.self_attn", h)
     x = x + h  # [B, T, D]
     h = rms_norm(x, params["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    record(trace, f"{name}.post_attention_layernorm", h)
     h = mlp(params["mlp"], h, cfg.hidden_act)  # [B, T, D]
     record(trace, f"{name}.mlp", h)
     return x + h  # [B, T, D]

@@ -68,13 +68,19 @@ def mlp(params, x, act):
     return linear(act(linear(x, **params["fc1"])), **params["fc2"])  # [N, L, Fv] -> [N, L, Dv]
 
 
-def encoder_layer(params, x, cfg):
+def encoder_layer(params, x, cfg, trace=None, name="vision_tower.encoder.layers.0"):
     """CLIPEncoderLayer, pre-LayerNorm: x + attn(LN1(x)), then x + mlp(LN2(x)).  [N, L, Dv] -> [N, L, Dv]"""
     eps = cfg.layer_norm_eps
     h = layer_norm(x, **params["layer_norm1"], eps=eps)  # [N, L, Dv]
-    x = x + self_attention(params["self_attn"], h, cfg.num_attention_heads)  # [N, L, Dv]
+    record(trace, f"{name}.layer_norm1", h)
+    h = self_attention(params["self_attn"], h, cfg.num_attention_heads)  # [N, L, Dv]
+    record(trace, f"{name}.self_attn", h)
+    x = x + h  # [N, L, Dv]
     h = layer_norm(x, **params["layer_norm2"], eps=eps)  # [N, L, Dv]
-    return x + mlp(params["mlp"], h, activation(cfg.hidden_act))  # [N, L, Dv]
+    record(trace, f"{name}.layer_norm2", h)
+    h = mlp(params["mlp"], h, activation(cfg.hidden_act))  # [N, L, Dv]
+    record(trace, f"{name}.mlp", h)
+    return x + h  # [N, L, Dv]
 
 
 def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
@@ -90,8 +96,9 @@ def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
     record(trace, "vision_tower.pre_layrnorm", x)
     hidden_states = [x]
     for i in range(n_layers):
-        x = encoder_layer(params["encoder"]["layers"][i], x, cfg)  # [N, 1 + Np, Dv]
-        record(trace, f"vision_tower.encoder.layers.{i}", x)
+        name = f"vision_tower.encoder.layers.{i}"
+        x = encoder_layer(params["encoder"]["layers"][i], x, cfg, trace, name)  # [N, 1 + Np, Dv]
+        record(trace, name, x)
         hidden_states.append(x)
     return hidden_states
 
