@@ -185,6 +185,11 @@ def run_chat(model, processor, image, args):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["parity"]:  # `minillava parity ...`: the module-by-module comparison (parity.py)
+        from . import parity
+
+        return parity.main(argv[1:])
     parser = build_parser()
     parser.__class__ = _Parser  # one-line errors for unknown or malformed flags
     args = parser.parse_args(argv)
