@@ -18,6 +18,7 @@ import numpy as np
 
 from . import backend
 from .config import GenerationDefaults, LlavaConfig, load_config, load_generation_defaults
+from .demo import demo_folder
 from .generate import generate, generate_tokens, stream_text
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
@@ -264,9 +265,10 @@ def _map_arrays(fn, tree):
 
 
 def load_model(
-    path, device: str = "cpu", dtype: str = "float32", low_memory: bool = False, progress=None
+    path=None, device: str = "cpu", dtype: str = "float32", low_memory: bool = False, progress=None
 ) -> LlavaModel:
-    """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded).
+    """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
+    path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
 
     device: "cpu" (NumPy) or "cuda" (CuPy). dtype: the compute dtype, "float32" (the reference,
     the default) or "float16". low_memory: keep the weights in the file's dtype, memory-mapped, and
@@ -279,7 +281,7 @@ def load_model(
     backend.check_device(device)
     if device == "cuda":
         backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
-    folder = Path(path)
+    folder = Path(path) if path is not None else demo_folder()
     config = load_config(folder)
     params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress)
     if device == "cuda":

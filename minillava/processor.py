@@ -468,11 +468,14 @@ def _check_padding_side(side, name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_processor(path, padding_side: str | None = "left") -> LlavaProcessor:
+def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcessor:
     """Read a checkpoint folder's tokenizer.json, tokenizer_config.json, processor/preprocessor config,
     chat template and (for older folders) config.json. ``padding_side=None`` follows tokenizer_config.json
-    (default "right", as Transformers); the default "left" is what batched generation needs."""
-    folder = Path(path)
+    (default "right", as Transformers); the default "left" is what batched generation needs.
+    With no path, the demo model bundled with minillava."""
+    from .demo import demo_folder
+
+    folder = Path(path) if path is not None else demo_folder()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
     tokenizer_file = folder / "tokenizer.json"
