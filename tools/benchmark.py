@@ -13,7 +13,12 @@ times three phases on one image and a prompt of ~600 tokens (the 576 image token
     image encode   CLIP up to the selected layer + projector
                    (minillava ``encode_image``, Transformers ``model.model.get_image_features``)
     prefill        the whole prompt with the image, filling a KV cache, logits of the last position
-    decode         one-token steps after the prefill, greedy; the median time of one step
+    decode         one-token steps after the prefill, greedy; the median time of one step (at ~600)
+    decode_long    the same at ~1600 positions (``--long-context``): a text prompt of that length is
+                   prefilled once, untimed, then the steps are timed; with the KV cache the cost of a
+                   step should stay nearly flat, growing only by the attention over the longer cache
+    preprocess     one 640x480 photograph to pixel_values [1, 3, 336, 336] (minillava's preprocess
+                   against Transformers' PIL-backend CLIPImageProcessor, llava-1.5's settings)
 
 Both run in float32 with the same number of threads. House rules: each framework runs in its own
 process (torch's and NumPy's BLAS thread pools slow each other down in one process), the processes
@@ -53,7 +58,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("minillava", "transformers")
-PHASES = ("image_encode", "prefill", "decode")
+PHASES = ("preprocess", "image_encode", "prefill", "decode", "decode_long")
 OPENBLAS_MACHINE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -154,6 +159,46 @@ def make_inputs(cfg: dict, seed: int = 0):
     return np.asarray([ids], dtype=np.int64), pixel_values  # [1, T], [1, 3, S, S]
 
 
+def long_prompt(cfg: dict, length: int, seed: int = 1):
+    """A text-only prompt of ``length`` random tokens (BOS first): what matters is its length."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    special = {cfg["image_token_index"], cfg["pad_token_id"]}
+    words = [
+        int(t) for t in rng.integers(2, cfg["text_config"]["vocab_size"], size=2 * length) if int(t) not in special
+    ]
+    return np.asarray([[1, *words[: length - 1]]], dtype=np.int64)  # [1, length]
+
+
+def photo():
+    """A 640x480 photograph (scikit-image's astronaut, resized), or noise without scikit-image."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from skimage import data
+
+        return Image.fromarray(data.astronaut()).resize((640, 480), Image.Resampling.BICUBIC)
+    except ImportError:
+        rng = np.random.default_rng(0)
+        return Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+
+
+def time_decode(step, token, cache, n_steps: int) -> tuple[float, list[int]]:
+    """One untimed warm-up step, then ``n_steps`` timed ones: the median seconds per step, the tokens."""
+    tokens = [token]
+    token, cache = step(token, cache)
+    tokens.append(token)
+    times = []
+    for _ in range(n_steps):
+        start = time.perf_counter()
+        token, cache = step(tokens[-1], cache)
+        times.append(time.perf_counter() - start)
+        tokens.append(token)
+    return statistics.median(times), tokens
+
+
 # ---------------------------------------------------------------------------------------------
 # The workers: one framework per process, one JSON line of timings on stdout
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +238,13 @@ def run_minillava(folder: Path, args) -> dict:
     input_ids, pixel_values = make_inputs(cfg)
     max_len = input_ids.shape[1] + args.decode_steps + 1
 
+    from minillava.preprocess import ImageProcessorConfig, preprocess
+
+    image = photo()
+    settings = ImageProcessorConfig(
+        size=cfg["vision_config"]["image_size"], crop_size=(cfg["vision_config"]["image_size"],) * 2
+    )
+    preprocess_s, _ = timed(lambda: preprocess([image], settings), 5 * args.repeats)
     encode_s, _ = timed(lambda: model.encode_image(pixel_values), args.repeats)
 
     def prefill():
@@ -202,25 +254,27 @@ def run_minillava(folder: Path, args) -> dict:
 
     prefill_s, (cache, logits) = timed(prefill, args.repeats)
 
-    def step(token):
+    def step(token, cache):
         mask = np.ones((1, cache.length + 1), dtype=np.int64)
         logits = model.forward_device(np.asarray([[token]]), attention_mask=mask, cache=cache, last_only=True)
-        return int(logits[0, -1].argmax())
+        return int(logits[0, -1].argmax()), cache
 
-    tokens = [int(logits[0, -1].argmax())]
-    tokens.append(step(tokens[-1]))  # warm-up step
-    step_s = []
-    for _ in range(args.decode_steps):
-        start = time.perf_counter()
-        tokens.append(step(tokens[-1]))
-        step_s.append(time.perf_counter() - start)
+    decode_s, tokens = time_decode(step, int(logits[0, -1].argmax()), cache, args.decode_steps)
+
+    long_ids = long_prompt(cfg, args.long_context)  # [1, ~1600]
+    long_cache = model.new_cache(1, long_ids.shape[1] + args.decode_steps + 2)
+    logits = model.forward_device(long_ids, cache=long_cache, last_only=True)  # untimed prefill
+    decode_long_s, _ = time_decode(step, int(logits[0, -1].argmax()), long_cache, args.decode_steps)
     return {
         "load_s": load_s,
+        "preprocess": preprocess_s,
         "image_encode": encode_s,
         "prefill": prefill_s,
-        "decode": statistics.median(step_s),
+        "decode": decode_s,
+        "decode_long": decode_long_s,
         "tokens": tokens,
         "prompt_tokens": int(input_ids.shape[1]),
+        "long_prompt_tokens": int(long_ids.shape[1]),
         "clip_layers_run": model.config.vision_layers_needed,
         "numpy": np.__version__,
         "blas": blas_info(),
@@ -262,28 +316,36 @@ def run_transformers(folder: Path, args) -> dict:
         )
         return int(out.logits[0, -1].argmax()), getattr(out, cache_arg)
 
+    from transformers import CLIPImageProcessorPil
+
+    side = cfg["vision_config"]["image_size"]
+    processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    image = photo()
+    preprocess_s, _ = timed(lambda: processor(images=[image], return_tensors="np"), 5 * args.repeats)
+
     with torch.inference_mode():
         encode_s, _ = timed(encode, args.repeats)
         prefill_s, out = timed(prefill, args.repeats)
-        cache = getattr(out, cache_arg)
-        tokens = [int(out.logits[0, -1].argmax())]
-        token, cache = step(tokens[-1], cache)  # warm-up step
-        tokens.append(token)
-        step_s = []
-        for _ in range(args.decode_steps):
-            start = time.perf_counter()
-            token, cache = step(tokens[-1], cache)
-            step_s.append(time.perf_counter() - start)
-            tokens.append(token)
+        decode_s, tokens = time_decode(
+            step, int(out.logits[0, -1].argmax()), getattr(out, cache_arg), args.decode_steps
+        )
+        long_ids = torch.from_numpy(long_prompt(cfg, args.long_context))  # [1, ~1600]
+        out = model(input_ids=long_ids, use_cache=True, logits_to_keep=1)  # untimed prefill
+        decode_long_s, _ = time_decode(
+            step, int(out.logits[0, -1].argmax()), getattr(out, cache_arg), args.decode_steps
+        )
     import transformers
 
     return {
         "load_s": load_s,
+        "preprocess": preprocess_s,
         "image_encode": encode_s,
         "prefill": prefill_s,
-        "decode": statistics.median(step_s),
+        "decode": decode_s,
+        "decode_long": decode_long_s,
         "tokens": tokens,
         "prompt_tokens": int(input_ids.shape[1]),
+        "long_prompt_tokens": int(long_ids.shape[1]),
         "clip_layers_run": len(model.model.vision_tower.encoder.layers),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -317,7 +379,7 @@ def child_env(framework: str, args) -> dict:
 def spawn(framework: str, folder: Path, args) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model", str(folder)]
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
-    command += ["--decode-steps", str(args.decode_steps)]
+    command += ["--decode-steps", str(args.decode_steps), "--long-context", str(args.long_context)]
     proc = subprocess.run(command, env=child_env(framework, args), cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -385,7 +447,8 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"CLIP {vision['num_hidden_layers']} layers x {vision['hidden_size']} at {vision['image_size']} px, "
         f"vision_feature_layer {cfg['vision_feature_layer']} (CLIP layers run: minillava {mini['clip_layers_run']}, "
         f"Transformers {hf['clip_layers_run']})",
-        f"inputs     1 image, prompt of {mini['prompt_tokens']} tokens, batch 1, {args.decode_steps} decode steps",
+        f"inputs     1 image, prompt of {mini['prompt_tokens']} tokens, batch 1, {args.decode_steps} decode steps "
+        f"(decode times are per token, after a prompt of that many tokens); preprocess: one 640x480 photo",
         f"machine    {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} thread(s) per framework, "
         f"python {platform.python_version()}",
         f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}",
@@ -403,7 +466,11 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
     ]
     for phase in PHASES:
         s = summary[phase]
-        name = phase.replace("_", " ") + (" /token" if phase == "decode" else "")
+        name = {
+            "decode": f"decode @{mini['prompt_tokens']}",
+            "decode_long": f"decode @{mini['long_prompt_tokens']}",
+            "preprocess": "preprocess",
+        }.get(phase, phase.replace("_", " "))
         per_round = " ".join(f"{r:.2f}" for r in s["round_ratios"])
         mini_ms, hf_ms = s["minillava_s"] * 1e3, s["transformers_s"] * 1e3
         lines.append(f"{name:<14}{mini_ms:>10.1f}ms{hf_ms:>12.1f}ms{s['ratio']:>8.2f}   {per_round}")
@@ -416,6 +483,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each phase per process (after a warm-up)")
     parser.add_argument("--decode-steps", type=int, default=16, help="timed one-token steps after the prefill")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads for both frameworks")
+    parser.add_argument("--long-context", type=int, default=1600, help="cache length for the decode_long phase")
     parser.add_argument("--text-layers", type=int, default=2)
     parser.add_argument("--vision-layers", type=int, default=2)
     parser.add_argument("--vision-feature-layer", type=int, default=-2, help="llava-1.5 uses -2")
@@ -438,7 +506,7 @@ def main(argv=None) -> None:
     if min(args.rounds, args.repeats, args.decode_steps, args.threads) < 1:
         parser.error("--rounds, --repeats, --decode-steps and --threads must be at least 1")
     if args.smoke:
-        args.rounds, args.repeats, args.decode_steps = 1, 1, 2
+        args.rounds, args.repeats, args.decode_steps, args.long_context = 1, 1, 2, 100
 
     cfg = llava_config(args.smoke, args.text_layers, args.vision_layers, args.vision_feature_layer)
     sizes = f"{'tiny' if args.smoke else '7b'}-t{args.text_layers}-v{args.vision_layers}-f{args.vision_feature_layer}"
