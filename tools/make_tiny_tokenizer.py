@@ -37,15 +37,8 @@ import argparse
 import json
 from pathlib import Path
 
-LLAVA_15_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto',"
-    " 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
+# The llava-1.5 chat template, as llava-hf/llava-1.5-7b-hf ships it (minillava keeps the text).
+from minillava.processor import LLAVA_15_CHAT_TEMPLATE
 
 STYLES = ("llama", "metaspace", "metaspace_decoder")
 BASE_VOCAB_SIZE = 380  # <unk> <s> </s> + 256 bytes + 121 trained pieces
