@@ -1,0 +1,144 @@
+"""The demo model shipped in minillava/demo: its folder, its samples, its held-out accuracy, and parity.
+
+The held-out pictures are drawn with tools/train_demo.py's own code from a seed its training never used;
+minillava answers them greedily, in batches. The expected numbers are what the shipped checkpoint
+reaches (measured when it was trained), so a regression in minillava or in the checkpoint fails here.
+Only the last tests need Transformers (they are skipped without it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "minillava" / "demo"
+N_HELDOUT = 200
+N_COMPARED = 40  # pictures compared with Transformers here (all 200: tools/train_demo.py --compare)
+EXPECTED_CORRECT = 153  # the exact number of correct greedy answers of the shipped model, of 200
+EXPECTED_PER_TYPE = {"caption": 0.875, "colour": 0.725, "count": 1.0, "where": 0.625, "yesno": 0.6}  # of 40 each
+GOAL_NOT_MET = (
+    "the shipped demo model does not reach the goal yet: it captions and counts, but has not learnt to find a "
+    "shape named in the question (colour, where, yes/no); see tools/train_demo.py"
+)
+
+
+def _load_tool():
+    """tools/train_demo.py as a module (tools/ is not a package)."""
+    if "train_demo" in sys.modules:
+        return sys.modules["train_demo"]
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "tools" / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo"] = module  # dataclasses look their module up while it is being executed
+    spec.loader.exec_module(module)
+    return module
+
+
+td = _load_tool()
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return td.heldout_examples(N_HELDOUT)
+
+
+@pytest.fixture(scope="module")
+def minillava_result(heldout):
+    return td.minillava_answers(DEMO, heldout)
+
+
+def test_tool_imports_without_torch():
+    """Drawing pictures needs only NumPy and Pillow: torch is imported inside the training functions."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('train_demo', {str(ROOT / 'tools' / 'train_demo.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['train_demo'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "module.heldout_examples(3)\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_heldout_set_is_fixed():
+    """The same seed draws the same pictures and questions; question types take turns (40 of each)."""
+    a, b = td.heldout_examples(10), td.heldout_examples(10)
+    for x, y in zip(a, b, strict=True):
+        assert (x.question, x.answer, x.items) == (y.question, y.answer, y.items)
+        assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+    assert [e.kind for e in a] == [td.QUESTION_TYPES[i % 5] for i in range(10)]
+    assert a[0].image.size == (td.IMAGE_SIZE, td.IMAGE_SIZE)
+
+
+def test_checkpoint_folder():
+    """The llava-hf layout, small enough to ship, and sample pictures with their questions."""
+    names = {p.name for p in DEMO.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= names
+    assert {"tokenizer_config.json", "chat_template.jinja", "processor_config.json"} <= names
+    size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
+    assert size <= 20e6, f"the demo folder holds {size / 1e6:.1f} MB"
+    config = json.loads((DEMO / "config.json").read_text())
+    assert config["vision_feature_layer"] == -2 and config["vision_feature_select_strategy"] == "default"
+    assert json.loads((DEMO / "generation_config.json").read_text())["eos_token_id"] == 2
+    samples = sorted((DEMO / "samples").glob("*.png"))
+    assert len(samples) >= 4
+    for png in samples:
+        record = json.loads(png.with_suffix(".json").read_text())
+        assert record["question"] and record["answer"]
+
+
+def test_samples_are_answered(heldout):
+    """The shipped sample pictures get their right answers (what a newcomer tries first)."""
+    from PIL import Image
+
+    samples = sorted((DEMO / "samples").glob("*.png"))
+    examples = []
+    for png in samples:
+        record = json.loads(png.with_suffix(".json").read_text())
+        image = Image.open(png).convert("RGB")
+        examples.append(td.Example(image, (), "sample", record["question"], record["answer"]))
+    answers, _ = td.minillava_answers(DEMO, examples)
+    assert answers == [e.answer for e in examples]
+
+
+def test_heldout_accuracy(heldout, minillava_result):
+    """Greedy exact match on the 200 held-out pictures: exactly the number the shipped model reaches."""
+    answers, _ = minillava_result
+    per_type, overall, n_correct = td.accuracy(heldout, answers)
+    assert n_correct == EXPECTED_CORRECT, (n_correct, per_type)
+    for kind, expected in EXPECTED_PER_TYPE.items():
+        assert per_type[kind] == pytest.approx(expected), (kind, per_type)
+
+
+@pytest.mark.xfail(strict=True, reason=GOAL_NOT_MET)
+def test_heldout_accuracy_reaches_the_goal(heldout, minillava_result):
+    """The goal of issue 4: >= 90% overall and >= 80% for every question type (never below 80% overall)."""
+    answers, _ = minillava_result
+    per_type, overall, _ = td.accuracy(heldout, answers)
+    assert overall >= 0.9 and all(acc >= 0.8 for acc in per_type.values()), per_type
+
+
+def test_transformers_loads_the_demo():
+    """Transformers' own classes load the folder."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(DEMO)
+    processor = transformers.LlavaProcessor.from_pretrained(DEMO)
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert processor.tokenizer.eos_token == "</s>"
+
+
+def test_minillava_answers_like_transformers(heldout, minillava_result):
+    """Token for token the same greedy answers as Transformers' generate(), on a subset (all of them with
+    ``python tools/train_demo.py --compare``)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    _, mini_ids = minillava_result
+    _, hf_ids = td.transformers_answers(DEMO, heldout[:N_COMPARED], batch_size=N_COMPARED)
+    assert mini_ids[:N_COMPARED] == hf_ids

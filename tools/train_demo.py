@@ -1,0 +1,793 @@
+"""Train minillava's demo model: a small LLaVA-1.5 that answers questions about pictures of shapes.
+
+Everything is made here, on the CPU, in about an hour (59 minutes on one core): the pictures (drawn with Pillow), the
+tokenizer (the ``tokenizers`` library, laid out like llava-hf's Llama tokenizer), and the model (a
+Transformers ``LlavaForConditionalGeneration``: CLIP vision tower, two-layer projector, Llama language
+model; vision_feature_layer -2 and strategy "default" as llava-1.5). The result is saved with
+``save_pretrained`` in the llava-hf folder layout, so that both minillava and Transformers load it.
+
+The pictures: one to three shapes (circle, square, triangle, star, cross), each of a different kind,
+in six colours, of varied sizes, each in its own cell of a 3 x 3 grid (jittered inside it), on a
+varied background with noise. The questions and their canonical answers:
+
+    caption   "What shapes are in the image?"   "a red circle, a blue star and a green cross"
+              (in reading order: top row first, left to right)
+    colour    "What colour is the star?"        "blue"
+    count     "How many shapes are there?"      "three"
+    where     "Where is the star?"              "top left" | "top" | ... | "center" | ... | "bottom right"
+    yes/no    "Is there a blue star?"           "yes" | "no"  (a "no" has the shape in another colour,
+                                                                or not the shape at all)
+
+Training, in stages:
+
+1. the vision tower alone learns what is in each cell of the grid (shape and colour, or empty), from
+   its selected layer's patch features averaged over the cell, through a small linear head that is
+   then thrown away (a cheap stand-in for CLIP's pretraining);
+2. the projector and the language model, end to end with the frozen vision tower (as LLaVA keeps
+   it), on the conversations in llava-1.5's chat template "USER: <image>\\n{question} ASSISTANT:
+   {answer}</s>", with the loss on the answer tokens only;
+3. (``--focus-steps``, not used for the shipped model) more of the same, with more of the questions
+   that must find a shape named in the question (colour, where, yes/no).
+
+Status: the shipped model (stages 1 and 2, the defaults) captions and counts well, but has not learnt
+to look up a shape named in the question: on the held-out set it answers 153/200 (caption 35/40,
+colour 29/40, count 40/40, where 25/40, yes/no 24/40), short of the goal (90%, and 80% per type).
+1200 steps of stage 3 did not help either (the vision tower is not the limit: it tells the shapes of
+every cell apart). Levers not tried yet: the same token for a shape in questions and answers (now
+"star?" and "star" are different tokens) with tied embeddings, multi-turn conversations, longer training.
+
+Examples are drawn on the fly from a seeded generator (nothing is stored), so a run is deterministic.
+The held-out pictures come from another seed (``HELDOUT_SEED``); tests/test_demo.py draws the same
+ones with ``heldout_examples()``.
+
+This module imports only NumPy and Pillow at the top, so that the tests can draw pictures without
+torch; torch, tokenizers and Transformers are imported inside the functions that need them.
+
+Usage:
+    python tools/train_demo.py --out minillava/demo              # train the shipped model (59 min, 1 thread)
+    python tools/train_demo.py --out DIR --resume minillava/demo --focus-steps 1200   # stage 3 alone
+    python tools/train_demo.py --out minillava/demo --compare    # minillava vs Transformers on the held-out set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pictures
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGE_SIZE = 54  # pixels; 9 x 9 patches of 6 pixels, 3 x 3 patches per grid cell
+PATCH_SIZE = 6
+SUPERSAMPLE = 4  # shapes are drawn 4x larger and downsampled, for smooth edges
+RADIUS = (0.75, 0.95)  # a shape's radius, as a fraction of half its cell
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+COLOURS = {
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (240, 225, 40),
+    "green": (40, 170, 50),
+    "blue": (40, 80, 230),
+    "purple": (150, 50, 200),
+}
+POSITIONS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+NUMBERS = ("zero", "one", "two", "three")
+QUESTION_TYPES = ("caption", "colour", "count", "where", "yesno")
+HELDOUT_SEED = 20240601  # the held-out pictures; training draws from its own --seed
+
+
+@dataclass(frozen=True)
+class Item:
+    """One shape of a picture: its kind, colour name and grid cell (row, column)."""
+
+    shape: str
+    colour: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Example:
+    """A picture, what is in it, and one question about it with its answer."""
+
+    image: Image.Image
+    items: tuple[Item, ...]
+    kind: str  # one of QUESTION_TYPES
+    question: str
+    answer: str
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """The outline of a shape of "radius" r centred at (cx, cy); None for the circle (drawn as an ellipse)."""
+    if shape == "circle":
+        return None
+    if shape == "square":
+        s = r * 0.85
+        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    if shape == "triangle":
+        return [
+            (cx + r * math.cos(a), cy + r * 0.15 + r * math.sin(a))
+            for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
+    if shape == "star":
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else r * 0.42
+            a = -math.pi / 2 + k * math.pi / 5
+            points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
+        return points
+    if shape == "cross":
+        w = r * 0.36
+        return [
+            (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
+            (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w),
+        ]  # fmt: skip
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def draw_picture(items, rng: np.random.Generator, size: int | None = None) -> Image.Image:
+    """Draw the items on a random background with noise; an RGB picture of size x size pixels."""
+    size = IMAGE_SIZE if size is None else size
+    big = size * SUPERSAMPLE
+    cell = big / 3
+    # Background: a muted colour (grey-ish, dark to light), so that the six saturated colours stand out.
+    grey = rng.uniform(50, 200)
+    tint = rng.uniform(-25, 25, size=3)
+    background = tuple(int(np.clip(grey + t, 0, 255)) for t in tint)
+    picture = Image.new("RGB", (big, big), background)
+    draw = ImageDraw.Draw(picture)
+    for item in items:
+        r = cell / 2 * rng.uniform(*RADIUS)  # the shape's radius, inside its cell
+        slack = cell / 2 - r
+        cx = (item.col + 0.5) * cell + rng.uniform(-slack, slack)
+        cy = (item.row + 0.5) * cell + rng.uniform(-slack, slack)
+        rgb = np.array(COLOURS[item.colour]) + rng.uniform(-20, 20, size=3)
+        fill = tuple(int(v) for v in np.clip(rgb, 0, 255))
+        polygon = shape_polygon(item.shape, cx, cy, r)
+        if polygon is None:
+            draw.ellipse([cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9], fill=fill)
+        else:
+            draw.polygon(polygon, fill=fill)
+    picture = picture.resize((size, size), Image.Resampling.LANCZOS)
+    pixels = np.asarray(picture, dtype=np.float32)
+    pixels = pixels + rng.normal(0, rng.uniform(0, 10), size=pixels.shape)  # sensor noise
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def random_items(rng: np.random.Generator, n: int | None = None) -> tuple[Item, ...]:
+    """One to three shapes, each of a different kind, in different cells, in reading order."""
+    n = int(rng.integers(1, 4)) if n is None else n
+    shapes = rng.choice(len(SHAPES), size=n, replace=False)
+    cells = sorted(rng.choice(9, size=n, replace=False))
+    colours = list(COLOURS)
+    return tuple(
+        Item(SHAPES[s], colours[int(rng.integers(len(colours)))], int(c) // 3, int(c) % 3)
+        for s, c in zip(shapes, cells, strict=True)
+    )
+
+
+def caption(items) -> str:
+    """The canonical caption, in reading order: "a red circle", "a red circle and a blue star",
+    "a red circle, a blue star and a green cross"."""
+    names = [f"a {item.colour} {item.shape}" for item in items]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def ask(items, kind: str, rng: np.random.Generator) -> tuple[str, str]:
+    """A question of the given kind about the items, and its answer."""
+    if kind == "caption":
+        return "What shapes are in the image?", caption(items)
+    if kind == "count":
+        return "How many shapes are there?", NUMBERS[len(items)]
+    if kind in ("colour", "where"):
+        item = items[int(rng.integers(len(items)))]
+        if kind == "colour":
+            return f"What colour is the {item.shape}?", item.colour
+        return f"Where is the {item.shape}?", POSITIONS[item.row][item.col]
+    if kind == "yesno":
+        present = {(item.shape, item.colour) for item in items}
+        if rng.random() < 0.5:  # yes
+            shape, colour = sorted(present)[int(rng.integers(len(present)))]
+        elif rng.random() < 0.5:  # no: a shape of the picture, in another colour
+            shape = items[int(rng.integers(len(items)))].shape
+            colour = next(c for c in rng.permutation(list(COLOURS)) if (shape, c) not in present)
+        else:  # no: a shape that is not in the picture
+            shape = str(rng.choice([s for s in SHAPES if s not in {item.shape for item in items}]))
+            colour = str(rng.choice(list(COLOURS)))
+        answer = "yes" if (shape, colour) in present else "no"
+        return f"Is there a {colour} {shape}?", answer
+    raise ValueError(f"unknown question type {kind!r}")
+
+
+def make_example(rng: np.random.Generator, kind: str | None = None, n: int | None = None) -> Example:
+    """Draw a picture and ask a question about it (of a random kind unless given)."""
+    items = random_items(rng, n)
+    image = draw_picture(items, rng)
+    kind = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))] if kind is None else kind
+    question, answer = ask(items, kind, rng)
+    return Example(image, items, kind, question, answer)
+
+
+def heldout_examples(n: int = 200, seed: int = HELDOUT_SEED) -> list[Example]:
+    """The held-out set: picture i is drawn from its own generator (seed, i); question types in turn."""
+    return [make_example(np.random.default_rng([seed, i]), QUESTION_TYPES[i % len(QUESTION_TYPES)]) for i in range(n)]
+
+
+def prompt(question: str) -> str:
+    """llava-1.5's chat template for one user turn with one image, ready for the answer."""
+    return f"USER: <image>\n{question} ASSISTANT:"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tokenizer and the processor files
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
+SPACE = "\u2581"  # "▁", SentencePiece's word-boundary marker
+N_TRAINED_PIECES = 180  # characters and merges learnt from the corpus: every word of it becomes one piece
+BASE_VOCAB_SIZE = 3 + 256 + N_TRAINED_PIECES  # <unk> <s> </s>, the 256 byte tokens, the trained pieces
+IMAGE_TOKEN_ID, PAD_TOKEN_ID = BASE_VOCAB_SIZE, BASE_VOCAB_SIZE + 1
+
+
+def corpus() -> list[str]:
+    """Every question and answer the pictures can have, plus a little chat text."""
+    lines = ["USER: ASSISTANT:", "What shapes are in the image?", "How many shapes are there?", *NUMBERS]
+    for shape in SHAPES:
+        lines += [f"What colour is the {shape}?", f"Where is the {shape}?"]
+        for colour in COLOURS:
+            lines += [f"Is there a {colour} {shape}?", f"a {colour} {shape}, a {colour} {shape} and a {shape}"]
+    lines += [p for row in POSITIONS for p in row] + ["yes", "no"]
+    return lines
+
+
+def build_tokenizer():
+    """A byte-fallback BPE ``tokenizers.Tokenizer`` laid out like llava-hf's Llama tokenizer.
+
+    <unk>=0, <s>=1, </s>=2, the byte tokens <0x00>..<0xFF> (3..258), then the pieces trained on
+    ``corpus()``; then the added special tokens <image> and <pad>. Llama's legacy pipeline: normalizer
+    Prepend("▁") + Replace(" ", "▁"), BPE with byte_fallback, decoder Replace + ByteFallback + Fuse + Strip,
+    and a post-processor that adds <s>. Any text can be encoded (unknown characters become bytes).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    # Train on words marked the SentencePiece way ("▁word"), so that merges stay inside words.
+    trainer_tokenizer = Tokenizer(BPE(unk_token="<unk>"))
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="always", split=True)
+    trainer = BpeTrainer(vocab_size=len(specials) + N_TRAINED_PIECES, special_tokens=specials, show_progress=False)
+    trainer_tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    trained = json.loads(trainer_tokenizer.to_str())["model"]
+    pieces = [token for token, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]) if token not in specials]
+    if len(pieces) != N_TRAINED_PIECES:
+        raise RuntimeError(f"the trainer made {len(pieces)} pieces, expected {N_TRAINED_PIECES}")
+    vocab = {token: i for i, token in enumerate(specials + byte_tokens + pieces)}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)]
+    )
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer.add_special_tokens(
+        [AddedToken(IMAGE_TOKEN, special=True, normalized=False), AddedToken(PAD_TOKEN, special=True, normalized=False)]
+    )
+    assert tokenizer.token_to_id(IMAGE_TOKEN) == IMAGE_TOKEN_ID and tokenizer.token_to_id(PAD_TOKEN) == PAD_TOKEN_ID
+    return tokenizer
+
+
+def build_processor(tokenizer):
+    """A Transformers ``LlavaProcessor`` around the tokenizer, configured like llava-hf's llava-1.5."""
+    from transformers import CLIPImageProcessor, LlamaTokenizer, LlavaProcessor
+
+    llama_tokenizer = LlamaTokenizer(
+        tokenizer_object=tokenizer,
+        add_bos_token=True,
+        add_eos_token=False,
+        legacy=True,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token=PAD_TOKEN,
+        padding_side="left",  # batched generation pads on the left
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=llama_tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        chat_template=_chat_template(),
+        num_additional_image_tokens=1,
+    )
+
+
+def _chat_template() -> str:
+    """llava-hf's llava-1.5 chat template, from the tool that builds the test tokenizers."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_tiny_tokenizer import LLAVA_15_CHAT_TEMPLATE
+
+    return LLAVA_15_CHAT_TEMPLATE
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------------
+
+N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 81 with strategy "default" (the CLS token is dropped)
+GRID = IMAGE_SIZE // PATCH_SIZE  # 9 patches a side
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Sizes:
+    vision_hidden: int = 128
+    vision_layers: int = 4  # layers up to the selected one (-2); one more exists and is never used
+    vision_heads: int = 4
+    text_hidden: int = 192
+    text_layers: int = 3
+    text_heads: int = 4
+    text_intermediate: int = 512
+
+
+def build_model(sizes: Sizes, seed: int):
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vocab_size = (PAD_TOKEN_ID + 1 + 7) // 8 * 8
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=sizes.vision_hidden,
+            intermediate_size=4 * sizes.vision_hidden,
+            num_hidden_layers=sizes.vision_layers + 1,
+            num_attention_heads=sizes.vision_heads,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            projection_dim=sizes.vision_hidden,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=sizes.text_hidden,
+            intermediate_size=sizes.text_intermediate,
+            num_hidden_layers=sizes.text_layers,
+            num_attention_heads=sizes.text_heads,
+            num_key_value_heads=sizes.text_heads,
+            vocab_size=vocab_size,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=PAD_TOKEN_ID,
+            tie_word_embeddings=False,
+        ),
+        image_token_index=IMAGE_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=N_IMAGE_TOKENS,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config)
+
+
+def pixel_values(images) -> np.ndarray:
+    """CLIP's normalisation of pictures already IMAGE_SIZE a side (the image processor's resize and crop
+    are no-ops for them): [N, 3, S, S] float32."""
+    x = np.stack([np.asarray(image, dtype=np.float64) * (1 / 255) for image in images]).astype(np.float32)
+    x = (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)  # [N, S, S, 3]
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class Encoder:
+    """Token ids for training: the prompt (its <image> expanded) and the answer with </s>."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if question not in self._cache:
+            text = prompt(question).replace(IMAGE_TOKEN, IMAGE_TOKEN * N_IMAGE_TOKENS)
+            self._cache[question] = self.tokenizer.encode(text).ids  # <s> first
+        return self._cache[question]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        key = "\0" + answer
+        if key not in self._cache:
+            self._cache[key] = self.tokenizer.encode(answer, add_special_tokens=False).ids + [2]  # + </s>
+        return self._cache[key]
+
+    def batch(self, examples):
+        """input_ids, attention_mask, labels ([B, T] int64, right-padded; labels -100 but on the answer)."""
+        rows = [(self.prompt_ids(e.question), self.answer_ids(e.answer)) for e in examples]
+        T = max(len(p) + len(a) for p, a in rows)
+        input_ids = np.full((len(rows), T), PAD_TOKEN_ID, np.int64)
+        labels = np.full((len(rows), T), -100, np.int64)
+        mask = np.zeros((len(rows), T), np.int64)
+        for i, (p, a) in enumerate(rows):
+            input_ids[i, : len(p) + len(a)] = p + a
+            labels[i, len(p) : len(p) + len(a)] = a
+            mask[i, : len(p) + len(a)] = 1
+        return input_ids, mask, labels
+
+
+def cell_targets(examples):
+    """What is in each of the 9 cells: shape index (0 = empty, 1.. = SHAPES) and colour index (-100 if empty)."""
+    shapes = np.zeros((len(examples), 9), np.int64)
+    colours = np.full((len(examples), 9), -100, np.int64)
+    colour_names = list(COLOURS)
+    for i, e in enumerate(examples):
+        for item in e.items:
+            shapes[i, item.row * 3 + item.col] = SHAPES.index(item.shape) + 1
+            colours[i, item.row * 3 + item.col] = colour_names.index(item.colour)
+    return shapes, colours
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vision(model, steps: int, batch_size: int, lr: float, seed: int, log_every: int = 100):
+    """Stage 1: the vision tower learns the shape and colour in each grid cell (a linear probe on the
+    selected layer's patch features, averaged over the cell's 3 x 3 patches; the probe is thrown away)."""
+    import torch
+    import torch.nn.functional as F
+
+    tower = model.model.vision_tower
+    width = tower.config.hidden_size
+    head = torch.nn.Linear(width, 1 + len(SHAPES) + len(COLOURS))
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng([seed, 1])
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10))
+        examples = [make_example(rng, kind="caption") for _ in range(batch_size)]
+        shapes, colours = (torch.from_numpy(t) for t in cell_targets(examples))
+        x = torch.from_numpy(pixel_values([e.image for e in examples]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = tower(x, output_hidden_states=True).hidden_states[-2][:, 1:]  # [B, 81, Dv]
+            per_cell = GRID // 3
+            hidden = hidden.reshape(-1, 3, per_cell, 3, per_cell, width)  # [B, row, y, col, x, Dv]
+            hidden = hidden.mean(dim=(2, 4))  # [B, 3, 3, Dv]: the cells' mean features
+            logits = head(hidden.reshape(-1, 9, width)).float()  # [B, 9, 1 + shapes + colours]
+        loss = F.cross_entropy(logits[..., : 1 + len(SHAPES)].reshape(-1, 1 + len(SHAPES)), shapes.reshape(-1))
+        loss = loss + F.cross_entropy(logits[..., 1 + len(SHAPES) :].reshape(-1, len(COLOURS)), colours.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % log_every == 0 or step == steps - 1:
+            with torch.no_grad():
+                filled = colours >= 0
+                shape_acc = (logits[..., : 1 + len(SHAPES)].argmax(-1) == shapes)[filled].float().mean().item()
+                colour_pred = logits[..., 1 + len(SHAPES) :].argmax(-1)
+                colour_acc = (colour_pred == colours)[filled].float().mean().item()
+            print(
+                f"[vision] step {step:5d}/{steps}  loss {loss.item():.4f}  shape acc {shape_acc:.3f}  "
+                f"colour acc {colour_acc:.3f}  "
+                f"{time.time() - start:6.0f}s",
+                flush=True,
+            )
+
+
+def train_llava(
+    model,
+    encoder,
+    steps,
+    batch_size,
+    lr,
+    vision_lr,
+    seed,
+    log_every=100,
+    eval_fn=None,
+    eval_every=0,
+    stage=2,
+    kinds=None,
+):
+    """Stages 2 and 3: the projector and the language model (and the vision tower, unless vision_lr is 0,
+    when it stays frozen as in LLaVA) on the conversations, with the loss on the answer tokens only.
+
+    Each stage has its own optimizer and its own stream of examples (seed, stage); ``kinds``: the question
+    types to draw from (repeats weigh them), all alike when None."""
+    import torch
+
+    tower = model.model.vision_tower
+    tower.requires_grad_(vision_lr > 0)
+    vision_ids = {id(p) for p in tower.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in vision_ids]
+    groups = [{"params": rest, "peak": lr}]
+    if vision_lr > 0:
+        groups.append({"params": list(tower.parameters()), "peak": vision_lr})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    trained = [p for group in groups for p in group["params"]]
+    rng = np.random.default_rng([seed, stage])
+    start = time.time()
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, group["peak"], warmup=min(300, steps // 10))
+        examples = [
+            make_example(rng, None if kinds is None else kinds[rng.integers(len(kinds))]) for _ in range(batch_size)
+        ]
+        input_ids, mask, labels = (torch.from_numpy(t) for t in encoder.batch(examples))
+        x = torch.from_numpy(pixel_values([e.image for e in examples]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=x, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        if step % log_every == 0 or step == steps - 1:
+            print(
+                f"[stage {stage}] step {step:5d}/{steps}  loss {loss.item():.4f}  {time.time() - start:6.0f}s",
+                flush=True,
+            )
+        if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            eval_fn()
+            model.train()
+    tower.requires_grad_(True)
+    model.eval()
+
+
+# Stage 3 draws more of the questions that must find a named shape in the picture.
+FOCUS_KINDS = ("caption", "count", *("colour", "where", "yesno") * 3)
+
+
+def teacher_forced_accuracy(model, encoder, examples, batch_size=100):
+    """Exact-match accuracy per question type, from one forward pass per batch: greedy decoding gives
+    exactly the answer (and then </s>) if and only if every answer token is the argmax given the ones
+    before it."""
+    import torch
+
+    model.eval()
+    correct = {kind: 0 for kind in QUESTION_TYPES}
+    total = {kind: 0 for kind in QUESTION_TYPES}
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            input_ids, mask, labels = (torch.from_numpy(t) for t in encoder.batch(chunk))
+            x = torch.from_numpy(pixel_values([e.image for e in chunk]))
+            logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=x).logits  # [B, T, V]
+            pred = logits[:, :-1].argmax(-1)  # [B, T-1]: the prediction for the next position
+            target = labels[:, 1:]
+            ok = ((pred == target) | (target == -100)).all(dim=1)
+            for e, good in zip(chunk, ok.tolist(), strict=True):
+                correct[e.kind] += int(good)
+                total[e.kind] += 1
+    return {kind: correct[kind] / max(1, total[kind]) for kind in QUESTION_TYPES}, sum(correct.values()) / len(examples)
+
+
+def format_accuracy(per_type, overall) -> str:
+    return f"overall {overall:.3f}  " + "  ".join(f"{kind} {acc:.3f}" for kind, acc in per_type.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving, and answering with minillava (or Transformers, to compare)
+# ---------------------------------------------------------------------------------------------------------------
+
+N_SAMPLES = 4
+SAMPLES_SEED = 7  # the sample pictures shipped in the demo folder
+
+
+def save_checkpoint(model, processor, out: Path, dtype: str = "float32") -> None:
+    """The llava-hf folder: config.json, model.safetensors, generation_config.json and the processor files."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.bos_token_id = 1
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = PAD_TOKEN_ID
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    model.float()
+    processor.save_pretrained(out)
+
+
+def write_samples(folder: Path, n: int = N_SAMPLES, seed: int = SAMPLES_SEED) -> None:
+    """A few pictures with a question (and the true answer) each: samples/NAME.png and samples/NAME.json."""
+    samples = folder / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    # The kinds of question the shipped model answers best, on these pictures (it has not yet learnt yes/no).
+    kinds = ("colour", "caption", "where", "count")
+    for i in range(n):
+        e = make_example(np.random.default_rng([seed, i]), kinds[i % len(kinds)], n=2 + i % 2)
+        name = f"{i}_{e.kind}"
+        e.image.save(samples / f"{name}.png")
+        record = {"question": e.question, "answer": e.answer}
+        (samples / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def conversation(question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: int = 24):
+    """Greedy answers of minillava (the NumPy model and processor) to the examples' questions.
+
+    Returns (answers, generated ids): the decoded answers (stripped) and, per example, the list of new token ids.
+    """
+    import minillava
+    from minillava.processor import load_processor
+
+    model = minillava.load_model(folder)
+    processor = load_processor(folder)
+    answers, generated = [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        prompts = [processor.apply_chat_template(conversation(e.question), add_generation_prompt=True) for e in chunk]
+        inputs = processor(images=[e.image for e in chunk], text=prompts, padding=True)
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+        new = ids[:, inputs["input_ids"].shape[1] :]
+        answers += [a.strip() for a in processor.batch_decode(new, skip_special_tokens=True)]
+        generated += [_trim(row) for row in new.tolist()]
+    return answers, generated
+
+
+def transformers_answers(folder, examples, batch_size: int = 50, max_new_tokens: int = 24):
+    """The same with Transformers' LlavaForConditionalGeneration.generate and LlavaProcessor (float32)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = LlavaProcessor.from_pretrained(folder)
+    answers, generated = [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        prompts = [processor.apply_chat_template(conversation(e.question), add_generation_prompt=True) for e in chunk]
+        inputs = processor(images=[e.image for e in chunk], text=prompts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = ids[:, inputs["input_ids"].shape[1] :]
+        answers += [a.strip() for a in processor.batch_decode(new, skip_special_tokens=True)]
+        generated += [_trim(row) for row in new.tolist()]
+    return answers, generated
+
+
+def _trim(row: list[int]) -> list[int]:
+    """New tokens up to and including the first </s> (the padding after it differs between libraries)."""
+    return row[: row.index(2) + 1] if 2 in row else row
+
+
+def accuracy(examples, answers) -> tuple[dict[str, float], float, int]:
+    """Exact match per question type, overall, and the number of correct answers."""
+    correct = {kind: 0 for kind in QUESTION_TYPES}
+    total = {kind: 0 for kind in QUESTION_TYPES}
+    for e, answer in zip(examples, answers, strict=True):
+        correct[e.kind] += int(answer == e.answer)
+        total[e.kind] += 1
+    n_correct = sum(correct.values())
+    return {k: correct[k] / max(1, total[k]) for k in QUESTION_TYPES}, n_correct / len(examples), n_correct
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def train(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    out = Path(args.out)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    encoder = Encoder(tokenizer)
+    sizes = Sizes()
+    model = build_model(sizes, args.seed)
+    if args.resume:
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(args.resume, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters, {N_IMAGE_TOKENS} image tokens, sizes {sizes}", flush=True)
+    validation = [
+        make_example(np.random.default_rng([args.seed, 3, i]), QUESTION_TYPES[i % len(QUESTION_TYPES)])
+        for i in range(args.n_validation)
+    ]
+
+    def report():
+        per_type, overall = teacher_forced_accuracy(model, encoder, validation)
+        print(f"  validation: {format_accuracy(per_type, overall)}", flush=True)
+
+    if not args.resume:
+        print(f"stage 1: vision tower, {args.vision_steps} steps of {args.batch_size} pictures", flush=True)
+        train_vision(model, args.vision_steps, args.batch_size, args.vision_lr, args.seed)
+        print(f"stage 2: llava, {args.steps} steps of {args.batch_size} conversations", flush=True)
+        train_llava(
+            model, encoder, args.steps, args.batch_size, args.lr, args.tower_lr, args.seed,
+            eval_fn=report, eval_every=args.eval_every,
+        )  # fmt: skip
+    if args.focus_steps:
+        report()
+        print(f"stage 3: llava, {args.focus_steps} steps, more of the questions that name a shape", flush=True)
+        train_llava(
+            model, encoder, args.focus_steps, args.batch_size, args.focus_lr, args.tower_lr, args.seed,
+            eval_fn=report, eval_every=args.eval_every, stage=3, kinds=FOCUS_KINDS,
+        )  # fmt: skip
+    train_time = time.time() - start
+
+    print(f"training took {train_time / 60:.1f} minutes", flush=True)
+    save_checkpoint(model, processor, out, args.dtype)
+    write_samples(out)
+    print(f"saved to {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
+    heldout = heldout_examples()
+    per_type, overall = teacher_forced_accuracy(model, encoder, heldout)
+    print(f"held-out ({len(heldout)} pictures), teacher-forced: {format_accuracy(per_type, overall)}")
+
+    answers, _ = minillava_answers(out, heldout)
+    per_type, overall, n_correct = accuracy(heldout, answers)
+    print(f"minillava greedy on the held-out set: {n_correct}/{len(heldout)}, {format_accuracy(per_type, overall)}")
+    print(f"training took {train_time / 60:.1f} minutes, all {(time.time() - start) / 60:.1f}")
+
+
+def compare(args) -> None:
+    """minillava's greedy answers against Transformers' generate() on the held-out set."""
+    heldout = heldout_examples()
+    mini_answers, mini_ids = minillava_answers(args.out, heldout)
+    hf_answers, hf_ids = transformers_answers(args.out, heldout)
+    same = sum(a == b for a, b in zip(mini_ids, hf_ids, strict=True))
+    for e, a, b in zip(heldout, mini_answers, hf_answers, strict=True):
+        if a != b:
+            print(f"differs: {e.question!r}: minillava {a!r}, Transformers {b!r}")
+    print(f"minillava == Transformers (token ids) on {same}/{len(heldout)} held-out pictures")
+    for name, answers in (("minillava", mini_answers), ("Transformers", hf_answers)):
+        per_type, overall, n_correct = accuracy(heldout, answers)
+        print(f"{name}: {n_correct}/{len(heldout)} correct, {format_accuracy(per_type, overall)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="minillava/demo", help="the checkpoint folder to write (or to compare)")
+    parser.add_argument("--compare", action="store_true", help="compare minillava with Transformers on --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 is faster on an idle machine)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--vision-steps", type=int, default=1000, help="stage 1 steps")
+    parser.add_argument("--vision-lr", type=float, default=3e-3, help="stage 1 peak learning rate")
+    parser.add_argument("--steps", type=int, default=3000, help="stage 2 steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="stage 2 peak learning rate (projector, LM)")
+    parser.add_argument("--tower-lr", type=float, default=0.0, help="stage 2 vision tower learning rate (0: frozen)")
+    parser.add_argument("--focus-steps", type=int, default=0, help="stage 3 steps")
+    parser.add_argument("--focus-lr", type=float, default=1e-3, help="stage 3 peak learning rate")
+    parser.add_argument("--resume", help="a checkpoint folder of stage 2 to continue from (stage 3 only)")
+    parser.add_argument("--eval-every", type=int, default=600)
+    parser.add_argument("--n-validation", type=int, default=500)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    args = parser.parse_args()
+    if args.compare:
+        compare(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
