@@ -155,15 +155,12 @@ def run_samples(model, processor, args):
     samples = sorted((DEMO / "samples").glob("*.json"))
     if not samples:
         raise CliError(f"no sample pictures in {DEMO / 'samples'}; give --image")
-    for meta_file in samples:
+    for meta_file in samples:  # samples/NAME.json {"question": ..., "answer": ...} beside samples/NAME.png
         meta = json.loads(meta_file.read_text())
-        image_path = meta_file.with_name(meta["image"])
-        questions = meta.get("questions") or [meta["question"]]
+        image_path = meta_file.with_suffix(".png")
         image = open_image(image_path)
-        print(f"{image_path.name}")
-        for question in questions:
-            print(f"  Q: {question}\n  A: ", end="", flush=True)
-            answer(model, processor, image, [user_turn(question, True)], args)
+        print(f"{image_path.name}\n  Q: {meta['question']}\n  A: ", end="", flush=True)
+        answer(model, processor, image, [user_turn(meta["question"], True)], args)
 
 
 def run_chat(model, processor, image, args):

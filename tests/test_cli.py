@@ -111,3 +111,15 @@ def test_python_dash_m_runs_without_a_traceback(folder):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "missing.png" in result.stderr
+
+
+def test_no_arguments_answers_the_bundled_samples(capsys):
+    """`minillava` alone: the demo model answers each sample picture's question (they are chosen so that
+    it answers them right)."""
+    import json
+
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    for meta in sorted((cli.DEMO / "samples").glob("*.json")):
+        record = json.loads(meta.read_text())
+        assert f"{meta.stem}.png\n  Q: {record['question']}\n  A: {record['answer']}\n" in out
