@@ -153,6 +153,8 @@ def generate_tokens(
     left-padded row starts at position 0 at its first real token.
     """
     check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+    # The loop's bookkeeping (token ids, attention mask, positions: a few integers per row) lives on the
+    # host in NumPy by design; all model math runs in model.forward_device on the model's device.
     input_ids = np.asarray(backend.to_numpy(input_ids))
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {list(input_ids.shape)}")
