@@ -524,12 +524,13 @@ class GenerationDefaults:
     bos_token_id: int | None
 
 
-def load_generation_defaults(folder: str | Path, config: LlavaConfig) -> GenerationDefaults:
+def load_generation_defaults(folder: str | Path | None, config: LlavaConfig) -> GenerationDefaults:
     """EOS, pad and BOS ids as Transformers' generate() would take them: generation_config.json first
-    (what save_pretrained writes next to config.json), then the text config's and the llava config's."""
-    file = Path(folder) / "generation_config.json"
+    (what save_pretrained writes next to config.json), then the text config's and the llava config's.
+    With ``folder=None``, from the config alone."""
+    file = None if folder is None else Path(folder) / "generation_config.json"
     data = {}
-    if file.is_file():
+    if file is not None and file.is_file():
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -45,11 +45,7 @@ class LlavaModel:
         generation_defaults: GenerationDefaults | None = None,
     ):
         self.config = config
-        self.generation_defaults = generation_defaults or GenerationDefaults(
-            eos_token_id=(config.text.eos_token_id,) if config.text.eos_token_id is not None else (),
-            pad_token_id=config.pad_token_id,
-            bos_token_id=config.text.bos_token_id,
-        )
+        self.generation_defaults = generation_defaults or load_generation_defaults(None, config)
         self.params = params
         self.device = backend.check_device(device)
         self.dtype = np.dtype(dtype)
