@@ -52,24 +52,35 @@ def causal_mask(attention_mask, n_queries, start):
     return causal[None, None] & key_is_real  # [B, 1, Tq, Tk]
 
 
-def scaled_dot_product_attention(q, k, v, mask=None):
-    """softmax(q k^T / sqrt(hd), masked) v, with grouped-query attention.
+def attention_probs(q, k, mask=None):
+    """softmax(q k^T / sqrt(hd), masked): how much each query attends to each key, in float32.
 
-    q: [B, H, Tq, hd], k and v: [B, KV, Tk, hd], mask: [B, 1, Tq, Tk] boolean or None
-    -> [B, H, Tq, hd]
+    q: [B, H, Tq, hd], k: [B, KV, Tk, hd], mask: [B, 1, Tq, Tk] boolean or None -> [B, H, Tq, Tk]
 
     Scores and softmax are computed in float32 whatever the input dtype (Transformers upcasts the
-    softmax). Masked scores get the dtype's most negative finite value rather than -inf, as
+    softmax). Masked scores get float32's most negative finite value rather than -inf, as
     Transformers' eager attention does, so that a fully masked row (a padding query) yields a
     uniform, finite distribution instead of NaN.
     """
     xp = xp_of(q)
     H, hd = q.shape[1], q.shape[3]
     k = repeat_kv(k, H // k.shape[1])  # [B, H, Tk, hd]
-    v = repeat_kv(v, H // v.shape[1])  # [B, H, Tk, hd]
     scores = (q @ k.swapaxes(-1, -2)).astype(xp.float32, copy=False)  # [B, H, Tq, Tk]
     scores *= hd**-0.5
     if mask is not None:
         scores = xp.where(mask, scores, xp.finfo(xp.float32).min)  # [B, H, Tq, Tk]
-    probs = softmax(scores, axis=-1).astype(q.dtype, copy=False)  # [B, H, Tq, Tk]
+    return softmax(scores, axis=-1)  # [B, H, Tq, Tk]
+
+
+def scaled_dot_product_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(hd), masked) v, with grouped-query attention.
+
+    q: [B, H, Tq, hd], k and v: [B, KV, Tk, hd], mask: [B, 1, Tq, Tk] boolean or None
+    -> [B, H, Tq, hd]
+
+    The probabilities (`attention_probs`, float32) are cast back to the input dtype before they
+    weigh the values, as in Transformers.
+    """
+    probs = attention_probs(q, k, mask).astype(q.dtype, copy=False)  # [B, H, Tq, Tk]
+    v = repeat_kv(v, q.shape[1] // v.shape[1])  # [B, H, Tk, hd]
     return probs @ v  # [B, H, Tq, hd]

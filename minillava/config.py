@@ -219,11 +219,20 @@ class LlavaConfig:
         encoder layer i - 1, so index i needs i layers; a negative index counts from
         num_hidden_layers + 1 (-2 with 24 layers is hidden_states[23]: 23 layers).
         """
-        layers = self.vision_feature_layer
-        if isinstance(layers, int):
-            layers = (layers,)
+        index = self.vision_feature_index
+        return max(index) if isinstance(index, tuple) else index
+
+    @property
+    def vision_feature_index(self) -> int | tuple[int, ...]:
+        """`vision_feature_layer` as non-negative indices into `hidden_states` (an int, or a tuple for a list).
+
+        `hidden_states` holds num_hidden_layers + 1 entries, so -2 with CLIP ViT-L's 24 layers is 23.
+        """
         num_states = self.vision.num_hidden_layers + 1
-        return max(index % num_states for index in layers)
+        layers = self.vision_feature_layer
+        if isinstance(layers, tuple):
+            return tuple(index % num_states for index in layers)
+        return layers % num_states
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class LlavaModel:
             self.params["vision_tower"], x, cfg.vision, cfg.vision_layers_needed, trace
         )  # (n_layers + 1) x [N, 1 + Np, Dv]
         features = select_features(
-            hidden_states, self._feature_layer_indices(), cfg.vision_feature_select_strategy
+            hidden_states, cfg.vision_feature_index, cfg.vision_feature_select_strategy
         )  # [N, L, Dv']
         record(trace, "vision_features", features)
         image_features = multi_modal_projector(
@@ -187,14 +187,6 @@ class LlavaModel:
         )
 
     # -- input checks: one clear error before any compute ----------------------------------------
-
-    def _feature_layer_indices(self):
-        """vision_feature_layer as non-negative indices into hidden_states (int or tuple)."""
-        n = self.config.vision.num_hidden_layers + 1  # hidden_states has embeddings + every layer
-        layers = self.config.vision_feature_layer
-        if isinstance(layers, tuple):
-            return tuple(i % n for i in layers)
-        return layers % n
 
     def _check_pixel_values(self, pixel_values):
         vision = self.config.vision

@@ -411,9 +411,12 @@ def format_report(report: Report, header=()) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: Report, path) -> None:
+def plot_report(report: Report, path=None):
     """Relative difference of every compared entry in data-flow order (log scale), whole layers joined
-    by a line, the tolerance as a step line, the first failure marked. Needs matplotlib."""
+    by a line, the tolerance as a step line, the first failure marked. Needs matplotlib.
+
+    Returns the matplotlib Figure (shown inline in a notebook); also written as a PNG to ``path`` (a file
+    name or a binary file object) when given."""
     try:
         figure = importlib.import_module("matplotlib.figure")
     except ImportError:
@@ -441,7 +444,9 @@ def plot_report(report: Report, path) -> None:
                           for i in ticks], rotation=90, fontsize=7)  # fmt: skip
     ax.set_ylabel("max |diff| / max |reference|")
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,6 +268,18 @@ def test_vision_layers_needed(layer, strategy, needed, tokens):
     assert (cfg.vision_layers_needed, cfg.num_image_tokens) == (needed, tokens)
 
 
+@pytest.mark.parametrize(
+    ("layer", "index"),
+    [(-2, 23), (-1, 24), (0, 0), (-25, 0), (24, 24), ([-2, -5, 3], (23, 20, 3)), ([12, -1], (12, 24))],
+)
+def test_vision_feature_index(layer, index):
+    """The hidden_states entry that Python's own indexing picks (24 layers: 25 hidden states)."""
+    cfg = config_from_dict({"vision_feature_layer": layer})
+    assert cfg.vision_feature_index == index
+    states = list(range(cfg.vision.num_hidden_layers + 1))
+    assert index == (tuple(states[i] for i in layer) if isinstance(layer, list) else states[layer])
+
+
 def test_frozen_and_input_untouched():
     d = copy.deepcopy(CASES["rope-llama3-type-key-no-original"])
     before = copy.deepcopy(d)

@@ -141,6 +141,14 @@ def test_causal_attention_with_padding_and_gqa(rng, n_kv_heads):
     )
     close(ours, ref)
 
+    # The probabilities alone, against torch's masked softmax of the scaled scores.
+    probs = attention.attention_probs(q, k, mask)
+    assert probs.shape == (B, H, Tq, Tk) and probs.dtype == np.float32
+    scores = torch.from_numpy(q) @ torch.from_numpy(k).repeat_interleave(rep, dim=1).transpose(-1, -2) / hd**0.5
+    ref_probs = torch.softmax(scores.masked_fill(~torch.from_numpy(mask), float("-inf")), dim=-1)
+    close(probs, ref_probs)
+    assert np.all(probs[1, :, :, :3] == 0)  # nothing on the padding
+
 
 def test_fully_masked_query_row_stays_finite():
     q = np.ones((1, 1, 1, 4), np.float32)
