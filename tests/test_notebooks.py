@@ -14,9 +14,8 @@ Measured on 2 cores: about 70 s for the whole series.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,44 +26,35 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")  # the cat photo of notebooks 1 and 7
 
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_tool(name):
+    """tools/NAME.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 NOTEBOOKS = ROOT / "notebooks"
+run_notebooks = _load_tool("run_notebooks")
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 REAL_MODEL = NOTEBOOKS / "07_the_real_model.ipynb"
 MAX_BYTES = 2 * 1024 * 1024  # a committed notebook, outputs included
-CELL_TIMEOUT = 300  # seconds per cell
 
 
 @pytest.fixture(scope="module")
 def kernel_dirs(tmp_path_factory):
     """A folder with a "python3" kernelspec for this interpreter, single-threaded BLAS/OpenMP."""
-    folder = tmp_path_factory.mktemp("kernels")
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (minillava tests)",
-        "language": "python",
-        "env": {"OMP_NUM_THREADS": "1"},
-    }
-    (folder / "python3").mkdir()
-    (folder / "python3" / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-    return [str(folder)]
+    return run_notebooks.write_kernelspec(tmp_path_factory.mktemp("kernels"))
 
 
 def execute(path: Path, kernel_dirs) -> nbformat.NotebookNode:
-    """Run a fresh copy of the notebook (outputs cleared) in notebooks/; return it with its new outputs."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel_dirs))
-    client = nbclient.NotebookClient(
-        nb, km=km, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    )
-    client.execute()  # raises CellExecutionError (the cell and its traceback) when a cell fails
-    return nb
+    """Run a fresh copy of the notebook (outputs cleared) in notebooks/; return it with its new outputs (the
+    committed file is not written: tools/run_notebooks.py does that)."""
+    return run_notebooks.execute(path, kernel_dirs)
 
 
 def outputs_of(nb, output_type=None) -> list:

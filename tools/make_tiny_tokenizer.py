@@ -79,7 +79,22 @@ Answer the question using a single word or phrase. Yes. No. Two. Red.
 
 
 def build_tokenizer(style: str = "llama"):
-    """A ``tokenizers.Tokenizer`` with llava-hf's layout (see the module docstring) in the given style."""
+    """A ``tokenizers.Tokenizer`` with llava-hf's layout (see the module docstring) in the given style,
+    trained on ``CORPUS``."""
+    # Emoji are left out of training so that they always go through byte fallback.
+    lines = ["".join(ch for ch in line if ord(ch) < 0x10000) for line in CORPUS.strip().splitlines()]
+    n_trained = BASE_VOCAB_SIZE - 3 - 256
+    return train_tokenizer(lines, n_trained, style, limit_alphabet=60)
+
+
+def train_tokenizer(lines, n_trained: int, style: str = "llama", limit_alphabet: int | None = None):
+    """A byte-fallback BPE ``tokenizers.Tokenizer`` laid out like llava-hf's, trained on ``lines``.
+
+    <unk>=0, <s>=1, </s>=2, the byte tokens <0x00>..<0xFF> (3..258), then ``n_trained`` characters and
+    merges learnt from the lines; then the added special tokens <image> and <pad> (ids 259 + n_trained and
+    260 + n_trained). The pipeline around the BPE model is the ``style``'s (see the module docstring).
+    Also used by tools/train_demo.py for the demo model's tokenizer.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -92,12 +107,8 @@ def build_tokenizer(style: str = "llama"):
     # Train on words marked the SentencePiece way ("▁word"), so that merges stay inside words.
     trainer_tokenizer = Tokenizer(BPE(unk_token="<unk>"))
     trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="always", split=True)
-    n_trained = BASE_VOCAB_SIZE - len(specials) - len(byte_tokens)
-    trainer = BpeTrainer(
-        vocab_size=len(specials) + n_trained, special_tokens=specials, limit_alphabet=60, show_progress=False
-    )
-    # Emoji are left out of training so that they always go through byte fallback.
-    lines = ["".join(ch for ch in line if ord(ch) < 0x10000) for line in CORPUS.strip().splitlines()]
+    limit = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}  # None: every character
+    trainer = BpeTrainer(vocab_size=len(specials) + n_trained, special_tokens=specials, show_progress=False, **limit)
     trainer_tokenizer.train_from_iterator(lines, trainer=trainer)
     trained = json.loads(trainer_tokenizer.to_str())["model"]
     pieces = [token for token, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]) if token not in specials]
@@ -124,19 +135,26 @@ def build_tokenizer(style: str = "llama"):
     tokenizer.add_special_tokens(
         [AddedToken(IMAGE_TOKEN, special=True, normalized=False), AddedToken(PAD_TOKEN, special=True, normalized=False)]
     )
-    assert tokenizer.token_to_id(IMAGE_TOKEN) == BASE_VOCAB_SIZE and tokenizer.token_to_id(PAD_TOKEN) == 381
+    n_base = len(vocab)
+    assert tokenizer.token_to_id(IMAGE_TOKEN) == n_base and tokenizer.token_to_id(PAD_TOKEN) == n_base + 1
     return tokenizer
 
 
 def build_processor(
-    style: str = "llama", image_size: int = 28, patch_size: int = 7, strategy: str = "default", padding_side=None
+    style: str = "llama",
+    image_size: int = 28,
+    patch_size: int = 7,
+    strategy: str = "default",
+    padding_side=None,
+    tokenizer=None,
 ):
-    """A Transformers ``LlavaProcessor`` around ``build_tokenizer(style)``, configured like llava-hf's."""
+    """A Transformers ``LlavaProcessor`` around ``tokenizer`` (a ``tokenizers.Tokenizer``; by default
+    ``build_tokenizer(style)``), configured like llava-hf's."""
     from transformers import CLIPImageProcessor, LlamaTokenizer, LlavaProcessor
 
     # llava-hf's tokenizer_config.json names LlamaTokenizer; given a tokenizer_object it keeps our pipeline.
     tokenizer = LlamaTokenizer(
-        tokenizer_object=build_tokenizer(style),
+        tokenizer_object=build_tokenizer(style) if tokenizer is None else tokenizer,
         add_bos_token=True,
         add_eos_token=False,
         legacy=style == "llama",
