@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "minillava" / "demo"
 N_HELDOUT = 200
 N_COMPARED = 40  # pictures compared with Transformers here (all 200: tools/train_demo.py --compare)
-EXPECTED_CORRECT = 153  # the exact number of correct greedy answers of the shipped model, of 200
-EXPECTED_PER_TYPE = {"caption": 0.875, "colour": 0.725, "count": 1.0, "where": 0.625, "yesno": 0.6}  # of 40 each
+EXPECTED_CORRECT = 183  # the exact number of correct greedy answers of the shipped model, of 200
+EXPECTED_PER_TYPE = {"caption": 1.0, "colour": 1.0, "count": 1.0, "where": 0.875, "yesno": 0.7}  # of 40 each
 GOAL_NOT_MET = (
-    "the shipped demo model does not reach the goal yet: it captions and counts, but has not learnt to find a "
-    "shape named in the question (colour, where, yes/no); see tools/train_demo.py"
+    "the shipped demo model reaches 91.5% overall but only 70% on yes/no questions (the goal: >= 80% for every "
+    "type); see tools/train_demo.py"
 )
 
 
