@@ -305,7 +305,9 @@ def _tokenizer_tool():
     """tools/make_tiny_tokenizer.py, which builds the test suite's tokenizers the same way."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    tools = str(Path(__file__).resolve().parent)
+    if tools not in sys.path:  # called once for the tokenizer and once for the processor
+        sys.path.insert(0, tools)
     import make_tiny_tokenizer
 
     return make_tiny_tokenizer
