@@ -16,6 +16,22 @@ sys.path.insert(0, str(REPO / "tools"))
 import make_tiny_llava  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=os.environ.get("MINILLAVA_TEST_DEVICE", "cpu"),
+        help="where minillava runs in the tests that compare it with Transformers (which stays on the CPU, "
+        "float32): `pytest --device cuda` checks the CuPy path on a GPU (default cpu, or $MINILLAVA_TEST_DEVICE)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device minillava runs on in the parity tests: "cpu" unless `pytest --device cuda`."""
+    return request.config.getoption("--device")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint():
     """tiny_checkpoint(variant="base", layout="fresh", dtype="float32", shard=False) -> folder."""

@@ -49,8 +49,8 @@ def heldout():
 
 
 @pytest.fixture(scope="module")
-def minillava_result(heldout):
-    return td.minillava_answers(DEMO, heldout)
+def minillava_result(heldout, device):
+    return td.minillava_answers(DEMO, heldout, device=device)
 
 
 def test_tool_imports_without_torch():

@@ -15,15 +15,15 @@ def folder(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def ours(folder):
-    return minillava.load_model(folder), minillava.load_processor(folder)
+def ours(folder, device):
+    return minillava.load_model(folder, device=device), minillava.load_processor(folder)
 
 
 @pytest.fixture(scope="module")
 def theirs(folder, hf_model):
-    from transformers import LlavaProcessor
+    from make_tiny_tokenizer import reference_processor  # tools/ (on sys.path by conftest)
 
-    return hf_model(folder), LlavaProcessor.from_pretrained(folder, padding_side="left")
+    return hf_model(folder), reference_processor(folder, padding_side="left")
 
 
 def photos():

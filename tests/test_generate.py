@@ -11,9 +11,9 @@ from .test_model import make_inputs
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_checkpoint, hf_model):
+def pair(tiny_checkpoint, hf_model, device):
     folder = tiny_checkpoint("base", "hub", "float32", False)
-    return minillava.load_model(folder), hf_model(folder)
+    return minillava.load_model(folder, device=device), hf_model(folder)
 
 
 def hf_generate(hf, input_ids, attention_mask, pixel_values, eos_token_id, **kwargs):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import minillava
+from minillava.backend import to_numpy
 
 MODULE_TOL = 1e-5
 LOGITS_TOL = 1e-4
@@ -85,9 +86,9 @@ CHECKPOINTS = [
 
 
 @pytest.mark.parametrize("variant,layout,dtype,shard", CHECKPOINTS, ids=["-".join(map(str, c)) for c in CHECKPOINTS])
-def test_logits_match_transformers(tiny_checkpoint, hf_model, variant, layout, dtype, shard):
+def test_logits_match_transformers(tiny_checkpoint, hf_model, device, variant, layout, dtype, shard):
     folder = tiny_checkpoint(variant, layout, dtype, shard)
-    model = minillava.load_model(folder)
+    model = minillava.load_model(folder, device=device)
     hf = hf_model(folder)
     rng = np.random.default_rng(0)
     input_ids, attention_mask, pixel_values = make_inputs(model.config, rng, BATCH)
@@ -99,9 +100,9 @@ def test_logits_match_transformers(tiny_checkpoint, hf_model, variant, layout, d
 
 
 @pytest.mark.parametrize("layout", [[[7]], [[5], [9]]], ids=["one-row", "padded-batch"])
-def test_text_only_logits(tiny_checkpoint, hf_model, layout):
+def test_text_only_logits(tiny_checkpoint, hf_model, device, layout):
     folder = tiny_checkpoint("base", "fresh", "float32", False)
-    model, hf = minillava.load_model(folder), hf_model(folder)
+    model, hf = minillava.load_model(folder, device=device), hf_model(folder)
     input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(1), layout)
     assert pixel_values is None
     ours = model.forward(input_ids, attention_mask=attention_mask)
@@ -149,9 +150,9 @@ def hf_module_outputs(hf, names, input_ids, attention_mask, pixel_values):
 
 
 @pytest.mark.parametrize("variant", ["base", "layer_list", "full"])
-def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_model, variant):
+def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_model, device, variant):
     folder = tiny_checkpoint(variant, "fresh", "float32", False)
-    model, hf = minillava.load_model(folder), hf_model(folder)
+    model, hf = minillava.load_model(folder, device=device), hf_model(folder)
     cfg = model.config
     input_ids, attention_mask, pixel_values = make_inputs(cfg, np.random.default_rng(3), BATCH)
 
@@ -176,7 +177,7 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
     real = attention_mask.astype(bool)
     for name in names:
         assert len(ref[name]) == 1, f"{name} ran {len(ref[name])} times in Transformers"
-        ours, theirs = np.asarray(trace[name]), ref[name][0]
+        ours, theirs = to_numpy(trace[name]), ref[name][0]
         if name.startswith(("language_model", "lm_head")):  # [B, T, ...]: real positions only
             ours, theirs = ours[real], theirs[real]
         assert rel_err(ours, theirs) <= MODULE_TOL, name
@@ -193,9 +194,9 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
 @pytest.mark.parametrize(
     "layout", [[[4, "img", 6]], [[3, "img", 5, "img", 7], [4, "img", 9]]], ids=["single", "left-padded-batch"]
 )
-def test_cached_steps_equal_full_forward(tiny_checkpoint, hf_model, layout):
+def test_cached_steps_equal_full_forward(tiny_checkpoint, hf_model, device, layout):
     folder = tiny_checkpoint("base", "fresh", "float32", False)
-    model, hf = minillava.load_model(folder), hf_model(folder)
+    model, hf = minillava.load_model(folder, device=device), hf_model(folder)
     input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(4), layout)
     full = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     ref = hf_logits(hf, input_ids, attention_mask, pixel_values)

@@ -40,9 +40,9 @@ def pictures(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def setup(folder, pictures):
+def setup(folder, pictures, device):
     """(model, inputs, Transformers' trace) for the padded batch."""
-    model, processor = minillava.load_model(folder), minillava.load_processor(folder)
+    model, processor = minillava.load_model(folder, device=device), minillava.load_processor(folder)
     images = [Image.open(p) for p in pictures]
     inputs = parity.build_inputs(processor, images, PROMPTS, raw=True)
     assert inputs["attention_mask"].min() == 0  # a padded batch

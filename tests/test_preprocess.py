@@ -371,7 +371,9 @@ def save_llava_processor(hf, folder, **image_settings):
 def auto_reference(hf, folder, image):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        processor = hf.AutoImageProcessor.from_pretrained(folder)
+        # The PIL backend, which minillava follows: with torchvision installed, the default is the
+        # torchvision backend, whose resize is not PIL's.
+        processor = hf.AutoImageProcessor.from_pretrained(folder, backend="pil")
     assert processor.backend == "pil"
     return processor, processor(image, return_tensors="np")["pixel_values"]
 

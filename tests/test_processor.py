@@ -59,10 +59,8 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf():
-    """hf(folder, **kwargs) -> Transformers' LlavaProcessor.from_pretrained(folder, **kwargs)."""
-    from transformers import LlavaProcessor
-
-    return lambda folder, **kwargs: LlavaProcessor.from_pretrained(folder, **kwargs)
+    """hf(folder, **kwargs) -> Transformers' LlavaProcessor.from_pretrained(folder, **kwargs), PIL backend."""
+    return tiny.reference_processor
 
 
 def _assert_same_inputs(ours, theirs):

@@ -1,8 +1,10 @@
-"""Speed of minillava against Transformers on the CPU, as ratios (minillava time / Transformers time).
+"""Speed of minillava against Transformers, as ratios (minillava time / Transformers time), on the CPU
+(NumPy against torch) or on an NVIDIA GPU (CuPy against torch with CUDA).
 
 Usage:
     python tools/benchmark.py                      # llava-1.5-7b widths, 2 text + 2 CLIP layers, 1 thread
     python tools/benchmark.py --threads 2 --json /tmp/bench.json
+    python tools/benchmark.py --device cuda --dtype float16   # on a GPU, in the checkpoint's precision
     python tools/benchmark.py --smoke              # a tiny model, 1 round: checks that the script runs
 
 What it does: builds a random ``LlavaForConditionalGeneration`` with llava-1.5-7b's widths (text
@@ -20,7 +22,10 @@ times three phases on one image and a prompt of ~600 tokens (the 576 image token
     preprocess     one 640x480 photograph to pixel_values [1, 3, 336, 336] (minillava's preprocess
                    against Transformers' PIL-backend CLIPImageProcessor, llava-1.5's settings)
 
-Both run in float32 with the same number of threads. House rules: each framework runs in its own
+Both run in the same ``--dtype`` (float32 by default) with the same number of threads, on the same
+``--device``. On the GPU every timed phase ends with a device synchronisation (CuPy and torch queue
+their kernels and return at once), TF32 is off in torch as it is in CuPy (float32 means float32), and
+preprocessing stays on the CPU in both. House rules: each framework runs in its own
 process (torch's and NumPy's BLAS thread pools slow each other down in one process), the processes
 alternate (minillava, Transformers, minillava, ...), each phase is warmed up once and then repeated
 (median within a process), and the reported ratio is the median of the per-round ratios. Never use
@@ -204,15 +209,33 @@ def time_decode(step, token, cache, n_steps: int) -> tuple[float, list[int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Run fn once to warm up, then ``repeats`` times; the median wall time and the last result."""
+def timed(fn, repeats: int, sync=None) -> tuple[float, object]:
+    """Run fn once to warm up, then ``repeats`` times; the median wall time and the last result.
+    ``sync``: called before the clock stops (a GPU's queued kernels must have finished)."""
     result = fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def result_record(load_s, preprocess_s, encode_s, prefill_s, decode_s, decode_long_s, tokens, prompt, long) -> dict:
+    """What both workers report: the seconds of each phase, the greedy tokens, the prompts' lengths."""
+    return {
+        "load_s": load_s,
+        "preprocess": preprocess_s,
+        "image_encode": encode_s,
+        "prefill": prefill_s,
+        "decode": decode_s,
+        "decode_long": decode_long_s,
+        "tokens": tokens,
+        "prompt_tokens": int(prompt.shape[1]),
+        "long_prompt_tokens": int(long.shape[1]),
+    }
 
 
 def blas_info() -> list[dict]:
@@ -232,10 +255,17 @@ def run_minillava(folder: Path, args) -> dict:
     import minillava
 
     start = time.perf_counter()
-    model = minillava.load_model(folder, dtype="float32")
+    model = minillava.load_model(folder, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - start
     cfg = json.loads((folder / ".bench-config.json").read_text())
     input_ids, pixel_values = make_inputs(cfg)
+    sync = None
+    if args.device == "cuda":
+        import cupy
+
+        sync = cupy.cuda.Device().synchronize
+        pixel_values = cupy.asarray(pixel_values)  # on the device already, as Transformers' is
+        gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     max_len = input_ids.shape[1] + args.decode_steps + 1
 
     from minillava.preprocess import ImageProcessorConfig, preprocess
@@ -245,14 +275,14 @@ def run_minillava(folder: Path, args) -> dict:
         size=cfg["vision_config"]["image_size"], crop_size=(cfg["vision_config"]["image_size"],) * 2
     )
     preprocess_s, _ = timed(lambda: preprocess([image], settings), 5 * args.repeats)
-    encode_s, _ = timed(lambda: model.encode_image(pixel_values), args.repeats)
+    encode_s, _ = timed(lambda: model.encode_image(pixel_values), args.repeats, sync)
 
     def prefill():
         cache = model.new_cache(1, max_len)
         logits = model.forward_device(input_ids, pixel_values=pixel_values, cache=cache, last_only=True)
         return cache, logits
 
-    prefill_s, (cache, logits) = timed(prefill, args.repeats)
+    prefill_s, (cache, logits) = timed(prefill, args.repeats, sync)
 
     def step(token, cache):
         mask = np.ones((1, cache.length + 1), dtype=np.int64)
@@ -266,16 +296,11 @@ def run_minillava(folder: Path, args) -> dict:
     logits = model.forward_device(long_ids, cache=long_cache, last_only=True)  # untimed prefill
     decode_long_s, _ = time_decode(step, int(logits[0, -1].argmax()), long_cache, args.decode_steps)
     return {
-        "load_s": load_s,
-        "preprocess": preprocess_s,
-        "image_encode": encode_s,
-        "prefill": prefill_s,
-        "decode": decode_s,
-        "decode_long": decode_long_s,
-        "tokens": tokens,
-        "prompt_tokens": int(input_ids.shape[1]),
-        "long_prompt_tokens": int(long_ids.shape[1]),
+        **result_record(
+            load_s, preprocess_s, encode_s, prefill_s, decode_s, decode_long_s, tokens, input_ids, long_ids
+        ),
         "clip_layers_run": model.config.vision_layers_needed,
+        "gpu": f"{gpu}, CuPy {cupy.__version__}" if args.device == "cuda" else None,
         "numpy": np.__version__,
         "blas": blas_info(),
         "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_MACHINE_VARS},
@@ -289,11 +314,16 @@ def run_transformers(folder: Path, args) -> dict:
     from transformers import LlavaForConditionalGeneration
 
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as CuPy: float32 is float32
+    dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(args.device).eval()
     load_s = time.perf_counter() - start
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
     cfg = json.loads((folder / ".bench-config.json").read_text())
-    input_ids, pixel_values = (torch.from_numpy(a) for a in make_inputs(cfg))
+    input_ids, pixel_values = make_inputs(cfg)
+    input_ids = torch.from_numpy(input_ids).to(args.device)
+    pixel_values = torch.from_numpy(pixel_values).to(args.device, dtype)
     layer, strategy = cfg["vision_feature_layer"], cfg["vision_feature_select_strategy"]
     # Transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40).
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -308,8 +338,8 @@ def run_transformers(folder: Path, args) -> dict:
 
     def step(token, cache):
         out = model(
-            input_ids=torch.tensor([[token]]),
-            attention_mask=torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long),
+            input_ids=torch.tensor([[token]], device=args.device),
+            attention_mask=torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long, device=args.device),
             use_cache=True,
             logits_to_keep=1,
             **{cache_arg: cache},
@@ -324,12 +354,12 @@ def run_transformers(folder: Path, args) -> dict:
     preprocess_s, _ = timed(lambda: processor(images=[image], return_tensors="np"), 5 * args.repeats)
 
     with torch.inference_mode():
-        encode_s, _ = timed(encode, args.repeats)
-        prefill_s, out = timed(prefill, args.repeats)
+        encode_s, _ = timed(encode, args.repeats, sync)
+        prefill_s, out = timed(prefill, args.repeats, sync)
         decode_s, tokens = time_decode(
             step, int(out.logits[0, -1].argmax()), getattr(out, cache_arg), args.decode_steps
         )
-        long_ids = torch.from_numpy(long_prompt(cfg, args.long_context))  # [1, ~1600]
+        long_ids = torch.from_numpy(long_prompt(cfg, args.long_context)).to(args.device)  # [1, ~1600]
         out = model(input_ids=long_ids, use_cache=True, logits_to_keep=1)  # untimed prefill
         decode_long_s, _ = time_decode(
             step, int(out.logits[0, -1].argmax()), getattr(out, cache_arg), args.decode_steps
@@ -337,16 +367,11 @@ def run_transformers(folder: Path, args) -> dict:
     import transformers
 
     return {
-        "load_s": load_s,
-        "preprocess": preprocess_s,
-        "image_encode": encode_s,
-        "prefill": prefill_s,
-        "decode": decode_s,
-        "decode_long": decode_long_s,
-        "tokens": tokens,
-        "prompt_tokens": int(input_ids.shape[1]),
-        "long_prompt_tokens": int(long_ids.shape[1]),
+        **result_record(
+            load_s, preprocess_s, encode_s, prefill_s, decode_s, decode_long_s, tokens, input_ids, long_ids
+        ),
         "clip_layers_run": len(model.model.vision_tower.encoder.layers),
+        "gpu": f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if args.device == "cuda" else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -380,6 +405,7 @@ def spawn(framework: str, folder: Path, args) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model", str(folder)]
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     command += ["--decode-steps", str(args.decode_steps), "--long-context", str(args.long_context)]
+    command += ["--device", args.device, "--dtype", args.dtype]
     proc = subprocess.run(command, env=child_env(framework, args), cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -451,6 +477,8 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"(decode times are per token, after a prompt of that many tokens); preprocess: one 640x480 photo",
         f"machine    {cpu_model()}, {os.cpu_count()} CPUs, {args.threads} thread(s) per framework, "
         f"python {platform.python_version()}",
+        f"device     {args.device}, {args.dtype}"
+        + (f"; GPU: minillava sees {mini['gpu']}, Transformers {hf['gpu']}" if args.device == "cuda" else ""),
         f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}",
         f"           OpenBLAS env {env_note}",
         f"Transf.    transformers {hf['transformers']}, torch {hf['torch']} ({hf['torch_blas']}, "
@@ -483,6 +511,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each phase per process (after a warm-up)")
     parser.add_argument("--decode-steps", type=int, default=16, help="timed one-token steps after the prefill")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads for both frameworks")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: CuPy against torch on the GPU")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="compute dtype of both")
     parser.add_argument("--long-context", type=int, default=1600, help="cache length for the decode_long phase")
     parser.add_argument("--text-layers", type=int, default=2)
     parser.add_argument("--vision-layers", type=int, default=2)

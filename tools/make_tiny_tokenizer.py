@@ -177,6 +177,23 @@ def build_processor(
     )
 
 
+def reference_processor(folder, **kwargs):
+    """Transformers' ``LlavaProcessor`` for ``folder`` with the PIL-backend image processor, the one
+    minillava.preprocess follows: the reference in every comparison.
+
+    With torchvision installed, Transformers 5.x loads the torchvision-backed image processor by default,
+    whose resize is not PIL's (pixel_values up to 0.015 apart, seen with Transformers 5.17 + torchvision);
+    without torchvision it falls back to the PIL backend. Pinning the backend makes the tests mean the same
+    on both kinds of machine."""
+    import transformers
+
+    processor = transformers.LlavaProcessor.from_pretrained(folder, **kwargs)
+    name = type(processor.image_processor).__name__
+    if not name.endswith("Pil"):  # e.g. CLIPImageProcessor (torchvision) -> CLIPImageProcessorPil
+        processor.image_processor = getattr(transformers, f"{name}Pil").from_pretrained(folder)
+    return processor
+
+
 def write_processor_files(
     folder,
     style: str = "llama",

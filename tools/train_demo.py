@@ -227,6 +227,15 @@ def ask(items, kind: str, rng: np.random.Generator) -> tuple[str, str]:
             colour = str(rng.choice(list(COLOURS)))
         answer = "yes" if (shape, colour) in present else "no"
         return f"Is there a {colour} {shape}?", answer
+    if kind == "yesno_present":  # training only: the named shape is in the picture, in its colour half the time
+        item = items[int(rng.integers(len(items)))]
+        colour = item.colour if rng.random() < 0.5 else str(rng.choice([c for c in COLOURS if c != item.colour]))
+        return f"Is there a {colour} {item.shape}?", "yes" if colour == item.colour else "no"
+    if kind == "colour_check":  # training only: "Is the star blue?" -> "star red no"
+        item = items[int(rng.integers(len(items)))]
+        colour = item.colour if rng.random() < 0.5 else str(rng.choice([c for c in COLOURS if c != item.colour]))
+        verdict = "yes" if colour == item.colour else "no"
+        return f"Is the {item.shape} {colour}?", f"{item.shape} {item.colour} {verdict}"
     if kind in DRILL_TYPES:  # "Colour of the star?" -> "star blue"
         item = items[int(rng.integers(len(items)))]
         if kind == "colour_of":
@@ -613,15 +622,15 @@ def conversation(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
-def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: int = 24):
-    """Greedy answers of minillava (the NumPy model and processor) to the examples' questions.
+def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: int = 24, device: str = "cpu"):
+    """Greedy answers of minillava (the model, float32 on ``device``, and its processor) to the examples' questions.
 
     Returns (answers, generated ids): the decoded answers (stripped) and, per example, the list of new token ids.
     """
     import minillava
     from minillava.processor import load_processor
 
-    model = minillava.load_model(folder)
+    model = minillava.load_model(folder, device=device)
     processor = load_processor(folder)
     answers, generated = [], []
     for i in range(0, len(examples), batch_size):
@@ -638,10 +647,10 @@ def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: in
 def transformers_answers(folder, examples, batch_size: int = 50, max_new_tokens: int = 24):
     """The same with Transformers' LlavaForConditionalGeneration.generate and LlavaProcessor (float32)."""
     import torch
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = LlavaProcessor.from_pretrained(folder)
+    processor = _tokenizer_tool().reference_processor(folder)  # the PIL-backend image processor, as minillava
     answers, generated = [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
@@ -703,6 +712,7 @@ def train(args) -> None:
     print(f"stage 2: llava, {args.steps} steps of {args.batch_size} conversations", flush=True)
     lookup = ("colour", "where", "yesno") * args.lookup_weight  # the questions that name a shape
     kinds = ("caption", "count", *lookup, *DRILL_TYPES * args.drill_weight)
+    kinds += ("yesno_present",) * args.yesno_present_weight + ("colour_check",) * args.check_weight
     train_llava(
         model, encoder, args.steps, args.batch_size, args.lr, args.tower_lr, args.seed,
         eval_fn=report, eval_every=args.eval_every, kinds=kinds,
@@ -754,6 +764,8 @@ def main() -> None:
         "--lookup-weight", type=int, default=2, help="stage 2 asks colour/where/yes-no this many times as often"
     )
     parser.add_argument("--drill-weight", type=int, default=2, help="stage 2 asks each drill this many times as often")
+    parser.add_argument("--yesno-present-weight", type=int, default=0)
+    parser.add_argument("--check-weight", type=int, default=0)
     parser.add_argument("--tower-lr", type=float, default=0.0, help="stage 2 vision tower learning rate (0: frozen)")
     parser.add_argument("--eval-every", type=int, default=600)
     parser.add_argument("--n-validation", type=int, default=500)
