@@ -3,12 +3,17 @@
 For each checkpoint variant (the same ones the test suite uses), one left-padded batch of two rows
 with three images in all is run through both; the table gives the largest absolute difference of
 the logits at real positions, relative to the largest reference logit. The tests require <= 1e-4.
+Transformers runs on the CPU in float32; minillava in float32 on ``--device``.
 
-    python tools/parity_table.py
+    python tools/parity_table.py                        # minillava on the CPU (NumPy)
+    python tools/parity_table.py --device cuda          # minillava on the GPU (CuPy)
+    python tools/parity_table.py --llava-7b-widths      # also a random model of llava-1.5-7b's widths with 2 text
+                                                        # and 2 CLIP layers (tools/benchmark.py's; ~4 GB of RAM)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -49,17 +54,32 @@ def batch(config, rng):
     return input_ids, attention_mask, pixel_values
 
 
+def llava_7b_widths() -> Path:
+    """tools/benchmark.py's random model: llava-1.5-7b's widths, 2 text + 2 CLIP layers, saved in float16."""
+    import benchmark
+
+    cfg = benchmark.llava_config(False, 2, 2, -2)
+    return benchmark.ensure_checkpoint(cfg, make_tiny_llava.CACHE / "bench-7b-t2-v2-f-2")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where minillava runs")
+    parser.add_argument("--llava-7b-widths", action="store_true", help="add a row at llava-1.5-7b's widths")
+    args = parser.parse_args()
     import torch
     from transformers import LlavaForConditionalGeneration
 
     import minillava
 
-    torch.set_num_threads(1)
-    print(f"{'variant':<18} {'layout':<9} {'file dtype':<10} {'shards':<6} {'max |diff| / max |ref|':>22}")
-    for variant, layout, dtype, shard in ROWS:
-        folder = make_tiny_llava.checkpoint(variant, layout, dtype, shard)
-        model = minillava.load_model(folder)
+    torch.set_num_threads(1 if args.device == "cpu" else os.cpu_count())
+    rows = [(*row, make_tiny_llava.checkpoint(*row)) for row in ROWS]
+    if args.llava_7b_widths:
+        rows.append(("llava-1.5-7b widths", "fresh", "float16", False, llava_7b_widths()))
+    print(f"minillava on {args.device}, float32; Transformers on the CPU, float32")
+    print(f"{'variant':<20} {'layout':<9} {'file dtype':<10} {'shards':<6} {'max |diff| / max |ref|':>22}")
+    for variant, layout, dtype, shard, folder in rows:
+        model = minillava.load_model(folder, device=args.device)
         hf = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
         input_ids, attention_mask, pixel_values = batch(model.config, np.random.default_rng(0))
         ours = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
@@ -72,7 +92,7 @@ def main() -> None:
             ).logits.numpy()
         real = attention_mask.astype(bool)
         err = np.max(np.abs(ours[real] - ref[real])) / np.max(np.abs(ref[real]))
-        print(f"{variant:<18} {layout:<9} {dtype:<10} {'yes' if shard else 'no':<6} {err:>22.2e}")
+        print(f"{variant:<20} {layout:<9} {dtype:<10} {'yes' if shard else 'no':<6} {err:>22.2e}")
 
 
 if __name__ == "__main__":
