@@ -8,7 +8,6 @@ Only the last tests need Transformers (they are skipped without it).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import train_demo as td  # tools/ is on sys.path (conftest.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "minillava" / "demo"
@@ -27,20 +27,6 @@ GOAL_NOT_MET = (
     "the shipped demo model reaches 91.5% overall but only 70% on yes/no questions (the goal: >= 80% for every "
     "type); see tools/train_demo.py"
 )
-
-
-def _load_tool():
-    """tools/train_demo.py as a module (tools/ is not a package)."""
-    if "train_demo" in sys.modules:
-        return sys.modules["train_demo"]
-    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "tools" / "train_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_demo"] = module  # dataclasses look their module up while it is being executed
-    spec.loader.exec_module(module)
-    return module
-
-
-td = _load_tool()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ Measured on 2 cores: about 70 s for the whole series.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -26,20 +25,12 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")  # the cat photo of notebooks 1 and 7
 
+import run_notebooks  # noqa: E402  (tools/ is on sys.path: conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name):
-    """tools/NAME.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 NOTEBOOKS = ROOT / "notebooks"
-run_notebooks = _load_tool("run_notebooks")
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 REAL_MODEL = NOTEBOOKS / "07_the_real_model.ipynb"
 MAX_BYTES = 2 * 1024 * 1024  # a committed notebook, outputs included
