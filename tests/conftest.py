@@ -22,8 +22,19 @@ def pytest_addoption(parser):
         choices=("cpu", "cuda"),
         default=os.environ.get("MINILLAVA_TEST_DEVICE", "cpu"),
         help="where minillava runs in the tests that compare it with Transformers (which stays on the CPU, "
-        "float32): `pytest --device cuda` checks the CuPy path on a GPU (default cpu, or $MINILLAVA_TEST_DEVICE)",
+        "float32): `pytest --device cuda` runs those tests, and only those, with the CuPy path on a GPU (default cpu, "
+        "or $MINILLAVA_TEST_DEVICE)",
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """With `--device cuda`, run only the tests that put minillava on the device (those that take the `device`
+    fixture, directly or through another fixture): the rest do not depend on it and ran on the CPU already."""
+    if config.getoption("--device") == "cpu":
+        return
+    selected = [item for item in items if "device" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in selected])
+    items[:] = selected
 
 
 @pytest.fixture(scope="session")

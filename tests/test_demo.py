@@ -128,3 +128,32 @@ def test_minillava_answers_like_transformers(heldout, minillava_result):
     _, mini_ids = minillava_result
     _, hf_ids = td.transformers_answers(DEMO, heldout[:N_COMPARED], batch_size=N_COMPARED)
     assert mini_ids[:N_COMPARED] == hf_ids
+
+
+def test_device_option_selects_the_tests_that_use_the_device():
+    """`pytest --device cuda` (the GPU check) collects exactly the tests that take the `device` fixture; here the
+    held-out accuracy, the goal and the comparison with Transformers, not the folder or the samples."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--device",
+            "cuda",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    collected = sorted(line.split("::")[1] for line in result.stdout.splitlines() if "::" in line)
+    expected = [
+        "test_heldout_accuracy",
+        "test_heldout_accuracy_reaches_the_goal",
+        "test_minillava_answers_like_transformers",
+    ]
+    assert result.returncode == 0 and collected == expected, result.stdout + result.stderr

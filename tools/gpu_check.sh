@@ -4,8 +4,8 @@
 #
 #   bash tools/gpu_check.sh [OUT_DIR]        # results in OUT_DIR (default gpu-check/), a file per step
 #
-# 1. the tests that compare minillava with Transformers, with minillava on the GPU (`pytest --device cuda`;
-#    Transformers stays on the CPU in float32, so the tolerances are the CPU's: float32 parity);
+# 1. the tests that compare minillava with Transformers, with minillava on the GPU (`pytest --device cuda`
+#    selects them; Transformers stays on the CPU in float32, so the tolerances are the CPU's: float32 parity);
 # 2. `python -m minillava --device cuda`: the bundled demo's sample questions, answered on the GPU (float16);
 # 3. tools/benchmark.py --device cuda, float32 and float16 (llava-1.5-7b widths, 2 text + 2 CLIP layers).
 # Each step has its own time limit and writes its output as it goes, so a step that fails or runs out of
@@ -41,8 +41,7 @@ EOF
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device" \
-    tests/test_model.py tests/test_generate.py tests/test_end_to_end.py tests/test_parity.py tests/test_demo.py
+step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device"  # the tests that use the device
 step cli 60 python -m minillava --device "$device"
 step bench-float32 140 python tools/benchmark.py --device "$device" --dtype float32 --json "$out/bench-float32.json"
 step bench-float16 120 python tools/benchmark.py --device "$device" --dtype float16 --json "$out/bench-float16.json"
