@@ -18,6 +18,8 @@ from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent / "demo"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+DEFAULT_QUESTION = "What is shown in the image?"
+DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions
 
 
 class CliError(Exception):
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="llava-hf checkpoint folder or hub id (default: the bundled demo model)")
     parser.add_argument("--image", help="picture to ask about (a file Pillow can open)")
-    parser.add_argument("--question", "-q", help="the question (default: 'What is shown in the image?')")
+    parser.add_argument(
+        "--question", "-q", help=f"the question (default: {DEFAULT_QUESTION!r}; {DEMO_QUESTION!r} for the demo model)"
+    )
     parser.add_argument("--chat", action="store_true", help="interactive multi-turn chat about --image")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default=None, help="compute dtype")
@@ -202,7 +206,8 @@ def main(argv=None) -> int:
         elif args.chat:
             run_chat(model, processor, image, args)
         else:
-            question = args.question or "What is shown in the image?"
+            is_demo = not args.model or Path(args.model).resolve() == DEMO
+            question = args.question or (DEMO_QUESTION if is_demo else DEFAULT_QUESTION)
             answer(model, processor, image, [user_turn(question, True)], args)
         return 0
     except CliError as err:

@@ -123,3 +123,15 @@ def test_no_arguments_answers_the_bundled_samples(capsys):
     for meta in sorted((cli.DEMO / "samples").glob("*.json")):
         record = json.loads(meta.read_text())
         assert f"{meta.stem}.png\n  Q: {record['question']}\n  A: {record['answer']}\n" in out
+
+
+def test_demo_without_a_question_captions_the_picture(capsys):
+    """With the demo model and no --question, the question is one it was trained on (its caption question)."""
+    import json
+
+    picture = cli.DEMO / "samples" / "1_caption.png"
+    record = json.loads(picture.with_suffix(".json").read_text())
+    assert record["question"] == cli.DEMO_QUESTION
+    for argv in (["--image", str(picture)], ["--model", str(cli.DEMO), "--image", str(picture)]):
+        assert cli.main(argv) == 0
+        assert capsys.readouterr().out.strip() == record["answer"]
