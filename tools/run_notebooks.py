@@ -26,14 +26,14 @@ NOTEBOOKS = ROOT / "notebooks"
 CELL_TIMEOUT = 300  # seconds per cell
 
 
-def write_kernelspec(folder: Path) -> list[str]:
-    """A "python3" kernelspec for this interpreter with single-threaded BLAS/OpenMP in ``folder``; returns the
-    kernel_dirs list for jupyter_client's KernelSpecManager."""
+def write_kernelspec(folder: Path, env: dict | None = None) -> list[str]:
+    """A "python3" kernelspec for this interpreter with single-threaded BLAS/OpenMP (and ``env``) in ``folder``;
+    returns the kernel_dirs list for jupyter_client's KernelSpecManager."""
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (minillava)",
         "language": "python",
-        "env": {"OMP_NUM_THREADS": "1"},
+        "env": {"OMP_NUM_THREADS": "1", **(env or {})},
     }
     (folder / "python3").mkdir(parents=True, exist_ok=True)
     (folder / "python3" / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -44,12 +44,19 @@ def execute(path: Path, kernel_dirs: list[str]):
     """Run a fresh copy of the notebook (outputs cleared) in notebooks/; return it with its new outputs.
 
     Raises nbclient's CellExecutionError (the cell and its traceback) when a cell fails."""
-    import nbclient
     import nbformat
+
+    return execute_notebook(nbformat.read(path, as_version=4), kernel_dirs, NOTEBOOKS)
+
+
+def execute_notebook(nb, kernel_dirs: list[str], cwd: Path):
+    """Run the notebook ``nb`` (its outputs cleared first) with ``cwd`` as the kernel's working directory; return
+    it with its new outputs. A cell tagged "raises-exception" may fail; any other failing cell raises nbclient's
+    CellExecutionError."""
+    import nbclient
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -60,7 +67,7 @@ def execute(path: Path, kernel_dirs: list[str]):
         km=km,
         timeout=CELL_TIMEOUT,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        resources={"metadata": {"path": str(cwd)}},
         record_timing=False,  # no timestamps in the saved cells' metadata
     )
     client.execute()

@@ -1,0 +1,125 @@
+"""What every notebook of the course needs before it starts, in one place.
+
+This file is a helper of the notebooks, not part of minillava: each notebook's first cell does
+
+    import course
+    model, processor, FOLDER = course.load_demo()   # the bundled demo model (or $MINILLAVA_NOTEBOOK_MODEL)
+    transformers, torch = course.reference()        # None, None when Transformers is not installed
+
+and then uses ``course.max_diff`` to say how far two arrays are apart, ``course.check_close`` in the exercises'
+check cells, and ``%%needs_transformers`` on the cells that compare with Hugging Face Transformers: those run
+when Transformers (and torch) are installed and print one line saying they were skipped when not, so that a
+reader with minillava alone runs every cell that teaches.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import minillava
+
+HERE = Path(__file__).resolve().parent
+
+# llava-1.5-7b-hf's config.json, to compare the demo's sizes with the real model's: the copy beside this file (a
+# course folder made by tools/student_notebooks.py), else the repository's.
+LLAVA_7B_CONFIG = next(
+    (p for p in (HERE / "llava-1.5-7b-hf", HERE.parent / "tests" / "data" / "llava-1.5-7b-hf") if p.is_dir()),
+    HERE.parent / "tests" / "data" / "llava-1.5-7b-hf",
+)
+
+SKIPPED = "skipped: this cell checks against Hugging Face Transformers, which is not installed"
+
+
+def load_demo():
+    """The notebooks' model, its processor and its folder: the bundled demo model, or the checkpoint folder named
+    by $MINILLAVA_NOTEBOOK_MODEL. Also sets the plotting defaults of the course (small figures, sharp pixels)."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 72, "image.interpolation": "nearest"})
+    from minillava.demo import demo_folder
+
+    name = os.environ.get("MINILLAVA_NOTEBOOK_MODEL")  # None: the bundled demo model
+    folder = Path(name) if name else demo_folder()
+    return minillava.load_model(folder), minillava.load_processor(folder), folder
+
+
+def llava_7b_config() -> minillava.LlavaConfig:
+    """llava-1.5-7b-hf's configuration (no weights needed), for comparing sizes."""
+    return minillava.load_config(LLAVA_7B_CONFIG)
+
+
+def sample_pictures(folder) -> list[Path]:
+    """The sample pictures of a checkpoint folder (the demo's are in samples/), in name order."""
+    return sorted((Path(folder) / "samples").glob("*.png"))
+
+
+def reference():
+    """Hugging Face Transformers and torch, for the check cells; (None, None) when they are not installed.
+
+    Registers the ``%%needs_transformers`` cell magic either way: with Transformers it runs the cell as usual,
+    without it prints one line and runs nothing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, imported by Transformers
+            import torch
+            import transformers
+    except ImportError:
+        transformers = torch = None
+        print(
+            "Transformers is not installed: the cells marked %%needs_transformers (the checks against it) are "
+            'skipped; everything else runs with minillava alone. `pip install -e ".[test]"` runs them too.'
+        )
+    else:
+        transformers.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", message="IProgress not found")
+    _register_magic(available=transformers is not None)
+    return transformers, torch
+
+
+def _register_magic(available: bool) -> None:
+    """``%%needs_transformers`` on the first line of a cell: run the cell only when Transformers is installed."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # not in IPython: nothing to register
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def needs_transformers(line, cell):
+        if not available:
+            print(SKIPPED)
+            return
+        shell.run_cell(cell).raise_error()
+
+    shell.register_magic_function(needs_transformers, magic_kind="cell", magic_name="needs_transformers")
+
+
+def max_diff(a, b) -> str:
+    """How far array a is from the reference b (NumPy or torch): the largest |a - b|, and that relative to the
+    largest |b| (float32 rounding alone gives ~1e-7 relative)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b).max()
+    return "exactly equal" if diff == 0 else f"max |diff| {diff:.1e}, {diff / np.abs(b).max():.0e} relative"
+
+
+def check_close(what: str, got, expected, rtol: float = 1e-5) -> None:
+    """An exercise's check: ``got`` (your answer) must have the shape of ``expected`` (minillava's) and equal it to
+    float32 precision: max |got - expected| <= rtol * max |expected|. Prints one line when it does; raises an
+    AssertionError that says what differs when it does not."""
+    if got is None:
+        raise AssertionError(f"{what}: your answer is None (did the cell return or assign it?)")
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {got.shape}, expected {expected.shape}")
+    if not np.all(np.isfinite(got)):
+        raise AssertionError(f"{what}: your answer has NaN or infinite values")
+    diff = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+    scale = float(np.abs(expected).max()) or 1.0
+    if diff > rtol * scale:
+        raise AssertionError(f"{what}: max |diff| {diff:.2e} is more than {rtol:g} of the scale {scale:.2e}")
+    print(f"✓ {what}: {max_diff(got, expected)}")
