@@ -59,7 +59,7 @@ class ImageProcessorConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     resample: int = 3  # PIL resample code: 3 = Image.Resampling.BICUBIC
-    do_pad: bool = False  # original LLaVA's pad-to-square with the mean colour (LlavaImageProcessor's do_pad)
+    do_pad: bool = False  # pad to square with the mean colour, as LLaVA-1.5's own code (LlavaImageProcessor's do_pad)
     # Set only when the json gives size as {"height": h, "width": w}: then Transformers resizes to exactly
     # (h, w), ignoring the aspect ratio, and `size` holds min(h, w) for information only.
     size_hw: tuple[int, int] | None = None
@@ -227,8 +227,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def pad_to_square(image: Image.Image, image_mean: Sequence[float]) -> Image.Image:
-    """Original LLaVA's `expand2square`: centre the image on a square of the mean colour (LlavaImageProcessor
-    with do_pad=True). The colour is int(mean * 255) per channel (truncated); the offset is floored."""
+    """LLaVA-1.5's own `expand2square` (`--image_aspect_ratio pad`): centre the image on a square of the mean
+    colour (LlavaImageProcessor with do_pad=True). The colour is int(mean * 255) per channel (truncated); the
+    offset is floored."""
     width, height = image.size
     if width == height:
         return image
