@@ -59,8 +59,8 @@ def apply_top_k(scores, top_k):
 
 
 def apply_top_p(scores, top_p):
-    """Nucleus sampling (Holtzman et al. 2019): keep the most probable tokens whose probabilities add up to
-    ``top_p``; the most probable token is always kept.  [B, V] -> [B, V]
+    """Nucleus sampling (Holtzman et al. 2019): keep the smallest set of most probable tokens whose
+    probabilities add up to at least ``top_p``; the most probable token is always kept.  [B, V] -> [B, V]
 
     Sorted ascending, a token is removed when the probability mass of it and everything below it is
     at most 1 - top_p (Transformers' TopPLogitsWarper).
