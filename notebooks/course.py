@@ -9,12 +9,14 @@ This file is a helper of the notebooks, not part of minillava: each notebook's f
 and then uses ``course.max_diff`` to say how far two arrays are apart, ``course.check_close`` in the exercises'
 check cells, and ``%%needs_transformers`` on the cells that compare with Hugging Face Transformers: those run
 when Transformers (and torch) are installed and print one line saying they were skipped when not, so that a
-reader with minillava alone runs every cell that teaches.
+reader with minillava alone runs every cell that teaches. Notebook 7 starts with ``course.real_model_folder()``
+instead (the real llava-1.5-7b, when $MINILLAVA_LLAVA_7B names its folder, and the ``%%real_model`` magic).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -34,14 +36,19 @@ LLAVA_7B_CONFIG = next(
 SKIPPED = "skipped: this cell checks against Hugging Face Transformers, which is not installed"
 
 
-def load_demo():
-    """The notebooks' model, its processor and its folder: the bundled demo model, or the checkpoint folder named
-    by $MINILLAVA_NOTEBOOK_MODEL. Also sets the plotting defaults of the course (small figures, sharp pixels)."""
+def plot_defaults() -> None:
+    """The course's plotting defaults: small figures (so the committed notebooks stay small), sharp pixels."""
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"figure.dpi": 72, "image.interpolation": "nearest"})
+
+
+def load_demo():
+    """The notebooks' model, its processor and its folder: the bundled demo model, or the checkpoint folder named
+    by $MINILLAVA_NOTEBOOK_MODEL. Also sets the plotting defaults."""
     from minillava.demo import demo_folder
 
+    plot_defaults()
     name = os.environ.get("MINILLAVA_NOTEBOOK_MODEL")  # None: the bundled demo model
     folder = Path(name) if name else demo_folder()
     return minillava.load_model(folder), minillava.load_processor(folder), folder
@@ -50,6 +57,39 @@ def load_demo():
 def llava_7b_config() -> minillava.LlavaConfig:
     """llava-1.5-7b-hf's configuration (no weights needed), for comparing sizes."""
     return minillava.load_config(LLAVA_7B_CONFIG)
+
+
+def real_model_folder() -> Path | None:
+    """Notebook 7's llava-1.5-7b folder, named by $MINILLAVA_LLAVA_7B, or None (said once, in one printed line).
+
+    Registers the ``%%real_model`` cell magic: a cell that starts with it runs only when the folder is given.
+    Also sets the plotting defaults."""
+    plot_defaults()
+    name = os.environ.get("MINILLAVA_LLAVA_7B")
+    folder = Path(name) if name else None
+    if folder:
+        print(f"the weights: {folder}: every cell runs")
+    else:
+        print(
+            "MINILLAVA_LLAVA_7B is not set: the first half computes from llava-1.5-7b's config.json; the cells "
+            "marked %%real_model (the second half) need the weights and do nothing. To run them, download "
+            "llava-hf/llava-1.5-7b-hf (14 GB) and set MINILLAVA_LLAVA_7B to its folder."
+        )
+
+    def real_model(line, cell):
+        if folder:
+            _shell().run_cell(cell).raise_error()
+
+    _register("real_model", real_model)
+    return folder
+
+
+def peak_memory_gib() -> float:
+    """The most memory this process has held so far (its peak resident set), in GiB."""
+    import resource  # Unix only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 def sample_pictures(folder) -> list[Path]:
@@ -76,27 +116,30 @@ def reference():
     else:
         transformers.utils.logging.disable_progress_bar()
         warnings.filterwarnings("ignore", message="IProgress not found")
-    _register_magic(available=transformers is not None)
+
+    def needs_transformers(line, cell):
+        if transformers is None:
+            print(SKIPPED)
+        else:
+            _shell().run_cell(cell).raise_error()
+
+    _register("needs_transformers", needs_transformers)
     return transformers, torch
 
 
-def _register_magic(available: bool) -> None:
-    """``%%needs_transformers`` on the first line of a cell: run the cell only when Transformers is installed."""
+def _shell():
+    """The running IPython shell, or None outside IPython."""
     try:
         from IPython import get_ipython
-    except ImportError:  # not in IPython: nothing to register
-        return
-    shell = get_ipython()
-    if shell is None:
-        return
+    except ImportError:
+        return None
+    return get_ipython()
 
-    def needs_transformers(line, cell):
-        if not available:
-            print(SKIPPED)
-            return
-        shell.run_cell(cell).raise_error()
 
-    shell.register_magic_function(needs_transformers, magic_kind="cell", magic_name="needs_transformers")
+def _register(name: str, magic) -> None:
+    """Register ``magic(line, cell)`` as the cell magic ``%%name`` (nothing to do outside IPython)."""
+    if _shell() is not None:
+        _shell().register_magic_function(magic, magic_kind="cell", magic_name=name)
 
 
 def max_diff(a, b) -> str:

@@ -158,6 +158,9 @@ def test_committed_notebook_has_outputs_and_is_small(path):
     assert None not in counts and counts == sorted(counts), f"{path.name}: not saved from one top-to-bottom run"
     assert not outputs_of(nb, "error"), f"{path.name} was saved with an error in it"
     assert any("image/png" in o.get("data", {}) for o in outputs_of(nb)), f"{path.name} has no figure"
+    if path == REAL_MODEL:  # saved without the 7B: it says so once, and how to get it
+        lines = [line for o in outputs_of(nb, "stream") for line in o.text.splitlines() if "MINILLAVA_LLAVA_7B" in line]
+        assert len(lines) == 1, f"{path.name} says {len(lines)} times that the weights are absent"
 
 
 # --- The exercises --------------------------------------------------------------------------------------------------
