@@ -12,11 +12,14 @@ installed). Every error is one line on stderr and a non-zero exit status; Ctrl-C
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent / "demo"
+from .demo import demo_folder
+from .loading.checkpoint import find_checkpoint
+from .loading.files import read_json
+from .loading.preprocess import load_image
+
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 DEFAULT_QUESTION = "What is shown in the image?"
 DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions
@@ -59,39 +62,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def resolve_model(name: str | None) -> Path:
-    """A local folder, or a hub id downloaded with huggingface_hub (if installed)."""
-    if name is None:
-        if not (DEMO / "config.json").is_file():
-            raise CliError(f"the bundled demo model is missing from {DEMO}; give --model PATH")
-        return DEMO
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CliError(f"--model {name}: not a folder (give a llava-hf checkpoint folder)")
-        if not (path / "config.json").is_file():
-            raise CliError(f"--model {name}: no config.json there, so it is not a llava-hf checkpoint folder")
-        return path
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CliError(f"--model {name}: no such folder")
+    """The checkpoint folder of --model: a local folder, a hub id, or (no --model) the bundled demo."""
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CliError(
-            f"--model {name}: no such folder. To use a hub id, `pip install huggingface_hub`, or download the "
-            f"folder yourself: `huggingface-cli download {name} --local-dir {name.split('/')[-1]}`"
-        ) from None
-    print(f"downloading {name} from the Hugging Face hub ...", file=sys.stderr)
-    try:
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.model"]))
-    except Exception as err:  # network, auth, unknown repo: one line
-        raise CliError(f"--model {name}: download failed: {err}") from None
+        return find_checkpoint(name)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(f"--model {name}: {err}" if name else f"{err}; give --model PATH") from None
 
 
-def load(args):
+def load(args, folder: Path):
     """Model and processor, with the library's own errors turned into one-line CLI errors."""
     import minillava
 
-    folder = resolve_model(args.model)
     dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
     shown = [-1]
 
@@ -125,8 +106,6 @@ def generation_kwargs(args) -> dict:
 
 
 def open_image(path):
-    from .preprocess import load_image
-
     try:
         return load_image(path)
     except (FileNotFoundError, IsADirectoryError, ValueError, OSError) as err:
@@ -156,11 +135,12 @@ def user_turn(question, with_image):
 
 def run_samples(model, processor, args):
     """No image given: answer every bundled sample picture's question."""
-    samples = sorted((DEMO / "samples").glob("*.json"))
+    samples_folder = demo_folder() / "samples"
+    samples = sorted(samples_folder.glob("*.json"))
     if not samples:
-        raise CliError(f"no sample pictures in {DEMO / 'samples'}; give --image")
+        raise CliError(f"no sample pictures in {samples_folder}; give --image")
     for meta_file in samples:  # samples/NAME.json {"question": ..., "answer": ...} beside samples/NAME.png
-        meta = json.loads(meta_file.read_text())
+        meta = read_json(meta_file)
         image_path = meta_file.with_suffix(".png")
         image = open_image(image_path)
         print(f"{image_path.name}\n  Q: {meta['question']}\n  A: ", end="", flush=True)
@@ -187,10 +167,10 @@ def run_chat(model, processor, image, args):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["parity"]:  # `minillava parity ...`: the module-by-module comparison (parity.py)
-        from . import parity
+    if argv[:1] == ["parity"]:  # `minillava parity ...`: the module-by-module comparison (minillava/parity/)
+        from .parity.command import main as parity_main
 
-        return parity.main(argv[1:])
+        return parity_main(argv[1:])
     parser = build_parser()
     parser.__class__ = _Parser  # one-line errors for unknown or malformed flags
     args = parser.parse_args(argv)
@@ -200,13 +180,14 @@ def main(argv=None) -> int:
         if args.question and not args.image:
             raise CliError("--question needs --image (or run without arguments for the demo samples)")
         image = open_image(args.image) if args.image else None
-        model, processor = load(args)
+        folder = resolve_model(args.model)
+        model, processor = load(args, folder)
         if image is None:
             run_samples(model, processor, args)
         elif args.chat:
             run_chat(model, processor, image, args)
         else:
-            is_demo = not args.model or Path(args.model).resolve() == DEMO
+            is_demo = folder.resolve() == demo_folder()
             question = args.question or (DEMO_QUESTION if is_demo else DEFAULT_QUESTION)
             answer(model, processor, image, [user_turn(question, True)], args)
         return 0

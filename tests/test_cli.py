@@ -9,6 +9,7 @@ from PIL import Image
 
 import minillava
 from minillava import cli
+from minillava.demo import demo_folder
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_no_arguments_answers_the_bundled_samples(capsys):
 
     assert cli.main([]) == 0
     out = capsys.readouterr().out
-    for meta in sorted((cli.DEMO / "samples").glob("*.json")):
+    for meta in sorted((demo_folder() / "samples").glob("*.json")):
         record = json.loads(meta.read_text())
         assert f"{meta.stem}.png\n  Q: {record['question']}\n  A: {record['answer']}\n" in out
 
@@ -129,9 +130,9 @@ def test_demo_without_a_question_captions_the_picture(capsys):
     """With the demo model and no --question, the question is one it was trained on (its caption question)."""
     import json
 
-    picture = cli.DEMO / "samples" / "1_caption.png"
+    picture = demo_folder() / "samples" / "1_caption.png"
     record = json.loads(picture.with_suffix(".json").read_text())
     assert record["question"] == cli.DEMO_QUESTION
-    for argv in (["--image", str(picture)], ["--model", str(cli.DEMO), "--image", str(picture)]):
+    for argv in (["--image", str(picture)], ["--model", str(demo_folder()), "--image", str(picture)]):
         assert cli.main(argv) == 0
         assert capsys.readouterr().out.strip() == record["answer"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillava.config import LlavaConfig, config_from_dict, load_config
+from minillava.loading.config import config_from_dict, load_config
+from minillava.model.config import LlavaConfig
 
 DATA = Path(__file__).parent / "data"
 LLAVA_7B = DATA / "llava-1.5-7b-hf"

@@ -97,7 +97,7 @@ def test_streamed_text_is_the_decoded_answer(ours):
 def test_streaming_spelled_in_bytes_yields_whole_characters(ours):
     """Ω, 한국 and ✓ are not in the tiny tokenizer's vocabulary: they come as runs of byte tokens, and a
     character is yielded only once all its bytes are there."""
-    from minillava.generate import stream_text
+    from minillava.loading.processor import stream_text
 
     _, processor = ours
     text = "a café in 日本 🙂 ok, Ωmega 한국 ✓"

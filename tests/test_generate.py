@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import minillava
-from minillava import generate as gen
+from minillava.loading.processor import stream_text
+from minillava.model import generate as gen
 
 from .test_model import make_inputs
 
@@ -149,7 +150,7 @@ def test_stream_text_holds_back_split_multibyte_characters():
     def decode(ids):
         return bytes(ids).decode("utf-8", errors="replace")
 
-    pieces = list(gen.stream_text(([t] for t in byte_tokens), decode))
+    pieces = list(stream_text(([t] for t in byte_tokens), decode))
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert "日" in pieces and "🙂" in pieces  # a 3- and a 4-byte character, each yielded whole

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import minillava
-from minillava.backend import to_numpy
+from minillava.model.backend import to_numpy
 
 MODULE_TOL = 1e-5
 LOGITS_TOL = 1e-4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from minillava import attention, layers, merge, rope, vision
+from minillava.model import attention, layers, merge, rope, vision
 
 TOL = 1e-5
 

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 import minillava
-import minillava.attention
-import minillava.llama
-import minillava.model
-import minillava.rope
-import minillava.vision
+import minillava.model.attention
+import minillava.model.llama
+import minillava.model.llava
+import minillava.model.rope
+import minillava.model.vision
 from minillava import parity
+from minillava.model.trace import activation_names, order_key
 
 PROMPTS = ["<image>\n<image>\nCompare the two pictures.", "<image>\nWhat is shown?"]  # row 1 gets left padding
 
@@ -65,7 +66,7 @@ def test_a_clean_run_passes(setup):
     assert report.passed and report.first_failure is None
     names = [r.name for r in report.rows]
     model = setup[0]
-    assert names == list(parity.INPUT_NAMES) + parity.module_names(model.config, with_images=True)
+    assert names == list(parity.INPUT_NAMES) + activation_names(model.config, with_images=True)
     assert all(r.rel is not None and r.rel <= 1e-5 for r in report.rows if r.name != "lm_head")
 
 
@@ -81,33 +82,37 @@ def rotate_interleaved(x):
 
 
 def keep_cls(monkeypatch):
-    original = minillava.vision.select_features
-    monkeypatch.setattr(minillava.model, "select_features", lambda hs, layer, strategy: original(hs, layer, "full"))
+    original = minillava.model.vision.select_features
+    monkeypatch.setattr(
+        minillava.model.llava, "select_features", lambda hs, layer, strategy: original(hs, layer, "full")
+    )
 
 
 def layer_norm_eps(monkeypatch):
-    original = minillava.vision.layer_norm
-    monkeypatch.setattr(minillava.vision, "layer_norm", lambda x, weight, bias, eps: original(x, weight, bias, 1e-2))
+    original = minillava.model.vision.layer_norm
+    monkeypatch.setattr(
+        minillava.model.vision, "layer_norm", lambda x, weight, bias, eps: original(x, weight, bias, 1e-2)
+    )
 
 
 def mask_ignores_padding(monkeypatch):
-    original = minillava.llama.causal_mask
-    monkeypatch.setattr(minillava.llama, "causal_mask", lambda am, n, start: original(np.ones_like(am), n, start))
+    original = minillava.model.llama.causal_mask
+    monkeypatch.setattr(minillava.model.llama, "causal_mask", lambda am, n, start: original(np.ones_like(am), n, start))
 
 
 def merge_off_by_one(monkeypatch):
-    original = minillava.model.merge_image_features
+    original = minillava.model.llava.merge_image_features
     shifted = lambda e, ids, f, idx: original(e, np.roll(ids, 1, axis=1), f, idx)  # noqa: E731
-    monkeypatch.setattr(minillava.model, "merge_image_features", shifted)
+    monkeypatch.setattr(minillava.model.llava, "merge_image_features", shifted)
 
 
 def kv_heads_tiled(monkeypatch):
     """Grouped-query attention with the key/value heads tiled (0, 1, 0, 1) instead of repeated (0, 0, 1, 1)."""
-    monkeypatch.setattr(minillava.attention, "repeat_kv", lambda x, n: x if n == 1 else np.tile(x, (1, n, 1, 1)))
+    monkeypatch.setattr(minillava.model.attention, "repeat_kv", lambda x, n: x if n == 1 else np.tile(x, (1, n, 1, 1)))
 
 
 def rotate_half_interleaved(monkeypatch):
-    monkeypatch.setattr(minillava.rope, "rotate_half", rotate_interleaved)
+    monkeypatch.setattr(minillava.model.rope, "rotate_half", rotate_interleaved)
 
 
 BUGS = [  # plant, the first module that must fail
@@ -157,11 +162,11 @@ def test_planted_bug_is_still_caught_at_reduced_precision_tolerances(setup, monk
 def test_tracing_off_records_and_copies_nothing(setup, monkeypatch):
     model, inputs, _ = setup
     calls = []
-    for module in (minillava.model, minillava.vision, minillava.llama):
+    for module in (minillava.model.llava, minillava.model.vision, minillava.model.llama):
         monkeypatch.setattr(module, "record", lambda trace, name, value: calls.append((trace, name)))
     model.forward(**inputs)
     assert calls and all(trace is None for trace, _ in calls)  # every call site passes trace=None along
-    n_on = len(parity.module_names(model.config, with_images=True))
+    n_on = len(activation_names(model.config, with_images=True))
     assert len(calls) == n_on  # the same call sites that record when tracing is on
     monkeypatch.undo()
 
@@ -169,7 +174,7 @@ def test_tracing_off_records_and_copies_nothing(setup, monkeypatch):
         def __getattr__(self, name):
             raise AssertionError(f"record touched the value (.{name}) with tracing off")
 
-    assert minillava.trace.record(None, "x", Untouchable()) is None
+    assert minillava.model.trace.record(None, "x", Untouchable()) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ def test_command_line_clean_run_exits_0(folder, pictures, capsys):
     assert "PASS: all 31 compared entries within tolerance" in out
     assert "real positions" in out  # the two prompts differ in length: a padded batch
     names = [line.split()[0] for line in out.splitlines()[2:33]]
-    assert names == sorted(names, key=parity.order_key) and names[-1] == "lm_head"
+    assert names == sorted(names, key=order_key) and names[-1] == "lm_head"
 
 
 def test_command_line_planted_bug_exits_1(folder, pictures, monkeypatch, capsys):

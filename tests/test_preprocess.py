@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data
 
-from minillava.preprocess import (
+from minillava.loading.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     ImageProcessorConfig,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minillava import processor as mp
-from minillava.processor import load_processor
+from minillava.loading import chat_template as mp
+from minillava.loading.processor import load_processor
 
 TEXTS = [
     "USER: <image>\nWhat is shown in the image? ASSISTANT:",
@@ -149,7 +149,7 @@ def test_image_token_count(folders, hf, name, count):
 def test_image_tokens_from_config_json_when_processor_config_lacks_them(folders, tmp_path):
     """Older folders have no processor fields: patch size and strategy come from config.json, with CLIP's
     one extra (CLS) token, so the count equals the model's number of image features."""
-    from minillava.config import load_config
+    from minillava.loading.config import load_config
 
     folder = shutil.copytree(folders["old_files"], tmp_path / "oldest")
     (folder / "processor_config.json").unlink()

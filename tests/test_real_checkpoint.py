@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import minillava
-from minillava.weights import expected_shapes
+from minillava.loading.weights import expected_shapes
 
 DATA = Path(__file__).parent / "data" / "llava-1.5-7b-hf"
 REAL_7B = os.environ.get("MINILLAVA_LLAVA_7B")

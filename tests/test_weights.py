@@ -23,9 +23,9 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from minillava.config import load_config  # noqa: E402
-from minillava.weights import (  # noqa: E402
-    bfloat16_to_float32,
+from minillava.loading.config import load_config  # noqa: E402
+from minillava.loading.safetensors import bfloat16_to_float32  # noqa: E402
+from minillava.loading.weights import (  # noqa: E402
     canonical_key,
     check_params,
     expected_shapes,

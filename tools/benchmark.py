@@ -268,7 +268,7 @@ def run_minillava(folder: Path, args) -> dict:
         gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     max_len = input_ids.shape[1] + args.decode_steps + 1
 
-    from minillava.preprocess import ImageProcessorConfig, preprocess
+    from minillava.loading.preprocess import ImageProcessorConfig, preprocess
 
     image = photo()
     settings = ImageProcessorConfig(

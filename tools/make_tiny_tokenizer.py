@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 
 # The llava-1.5 chat template, as llava-hf/llava-1.5-7b-hf ships it (minillava keeps the text).
-from minillava.processor import LLAVA_15_CHAT_TEMPLATE
+from minillava.loading.chat_template import LLAVA_15_CHAT_TEMPLATE
 
 STYLES = ("llama", "metaspace", "metaspace_decoder")
 BASE_VOCAB_SIZE = 380  # <unk> <s> </s> + 256 bytes + 121 trained pieces
@@ -179,7 +179,7 @@ def build_processor(
 
 def reference_processor(folder, **kwargs):
     """Transformers' ``LlavaProcessor`` for ``folder`` with the PIL-backend image processor, the one
-    minillava.preprocess follows: the reference in every comparison.
+    minillava.loading.preprocess follows: the reference in every comparison.
 
     With torchvision installed, Transformers 5.x loads the torchvision-backed image processor by default,
     whose resize is not PIL's (pixel_values up to 0.015 apart, seen with Transformers 5.17 + torchvision);

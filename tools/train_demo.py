@@ -660,7 +660,7 @@ def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: in
     Returns (answers, generated ids): the decoded answers (stripped) and, per example, the list of new token ids.
     """
     import minillava
-    from minillava.processor import load_processor
+    from minillava import load_processor
 
     model = minillava.load_model(folder, device=device)
     processor = load_processor(folder)

@@ -19,6 +19,14 @@ import math
 
 from .backend import xp_of
 
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+"""The RoPE variants minillava computes (`rope_type` in config.json; Transformers' `ROPE_INIT_FUNCTIONS`).
+
+"dynamic" (dynamic NTK) recomputes the frequencies from the current sequence length once it exceeds
+`max_position_embeddings`: theta' = theta * (factor * seq_len / max_pos - (factor - 1)) ** (d / (d - 2))
+(Transformers' `_compute_dynamic_ntk_parameters`). Within the context it is the default RoPE.
+"""
+
 
 def inverse_frequencies(xp, head_dim, theta, rope_scaling=None):
     """theta_i for i = 0 .. hd/2 - 1, float32 as Transformers computes them.  -> [hd/2]"""
@@ -36,9 +44,7 @@ def inverse_frequencies(xp, head_dim, theta, rope_scaling=None):
         return (inv_freq / rope_scaling["factor"]).astype(xp.float32)
     if rope_type == "llama3":
         return _llama3_frequencies(xp, inv_freq, rope_scaling)
-    raise ValueError(
-        f"rope_scaling: unsupported rope_type {rope_type!r} (minillava knows default, dynamic, linear, llama3)"
-    )
+    raise ValueError(f"rope_scaling: unsupported rope_type {rope_type!r} (minillava knows {ROPE_TYPES})")
 
 
 def _llama3_frequencies(xp, inv_freq, s):

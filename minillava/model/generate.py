@@ -1,11 +1,16 @@
 """Generation: prefill the prompt once, then one token at a time with the KV cache.
 
-    logits = forward(prompt, image)                     # prefill: fills the cache, [B, V] for the last position
+    logits = step(prompt, image_features, cache)        # prefill: fills the cache, [B, V] for the last position
     repeat:
         scores = repetition penalty, temperature, top-k, top-p (logits)
         token  = argmax(scores)  or  a draw from softmax(scores)
         stop a row at EOS (it then emits pad tokens), stop all when every row has ended
-        logits = forward(token, cache)                  # decode step: one new position per row
+        logits = step(token, cache)                     # decode step: one new position per row
+
+The loop is written here once, for any model: it takes the model's *step function*
+(``LlavaModel.step``: new token ids, attention mask, positions and the cache in, the logits of each row's
+last position out) and keeps its own bookkeeping. Turning the tokens into text as they come is the
+processor's job (``LlavaProcessor.stream_text``).
 
 The logits processors follow Transformers' (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
 TopKLogitsWarper, TopPLogitsWarper) in the same order, so greedy output is token for token
@@ -15,6 +20,8 @@ Shape letters: B = batch, T = prompt length, V = vocab, S = tokens so far (promp
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -107,8 +114,41 @@ def sample(scores, rng):
 # ---------------------------------------------------------------------------------------------
 
 
+# The generation settings and their defaults (Transformers' GenerationConfig defaults): greedy unless do_sample.
+SETTINGS_DEFAULTS = {
+    "max_new_tokens": 20,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The special tokens generation needs when the caller names none: the end-of-sequence id(s) that stop a
+    row, the id a finished row emits from then on, and the beginning-of-sequence id."""
+
+    eos_token_id: tuple[int, ...]
+    pad_token_id: int | None
+    bos_token_id: int | None
+
+
+def generation_defaults(config, generation_config: dict | None = None) -> GenerationDefaults:
+    """EOS, pad and BOS ids as Transformers' generate() takes them: a checkpoint's generation_config.json
+    first (what save_pretrained writes beside config.json; ``generation_config`` is its parsed content),
+    then the language model's config and the llava config's (``config``, a LlavaConfig)."""
+    data = generation_config or {}
+    eos = data.get("eos_token_id", config.text.eos_token_id)
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    pad = data.get("pad_token_id", config.pad_token_id if config.pad_token_id is not None else config.text.pad_token_id)
+    bos = data.get("bos_token_id", config.text.bos_token_id)
+    return GenerationDefaults(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)
+
+
 def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
-    """One clear error per bad argument, before any compute."""
+    """One clear error per bad argument, before any compute (the model's generate calls it)."""
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if do_sample and not temperature > 0:
@@ -121,7 +161,8 @@ def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, 
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
 
 
-def _as_id_set(eos_token_id):
+def as_id_set(eos_token_id) -> tuple[int, ...]:
+    """An EOS setting (None, an int or a list of ints) as a tuple of ids."""
     if eos_token_id is None:
         return ()
     if isinstance(eos_token_id, (int, np.integer)):
@@ -130,59 +171,52 @@ def _as_id_set(eos_token_id):
 
 
 def generate_tokens(
-    model,
+    step,
+    cache,
     input_ids,
-    pixel_values=None,
-    attention_mask=None,
+    attention_mask,
+    image_features=None,
     *,
-    max_new_tokens=20,
-    do_sample=False,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-    repetition_penalty=1.0,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_k,
+    top_p,
+    repetition_penalty,
     seed=None,
-    eos_token_id=None,
+    eos_token_id=(),
     pad_token_id=None,
 ):
     """Yield the next token of every row, [B] int64 NumPy, step by step (a generator).
 
-    A row that has produced an EOS token yields ``pad_token_id`` from then on; the generator stops
-    when every row has ended, after ``max_new_tokens`` steps, or when the model's context is full.
-    Position ids follow Transformers' generate: ``cumsum(attention_mask) - 1``, 0 at padding, so a
-    left-padded row starts at position 0 at its first real token.
+    step: the model's step function, ``step(ids [B, T], attention_mask [B, Tk], position_ids [B, T], cache,
+    image_features=None) -> logits of each row's last position [B, V]``; it writes the new keys and values
+    into ``cache`` (an empty KVCache with room for the prompt and every new token: the loop stops when it is
+    full). input_ids, attention_mask: the prompt [B, T] (NumPy int64, checked by the caller); image_features:
+    what the prompt's image tokens become (the model's encode_image), used by the prefill only. The settings
+    are those of ``SETTINGS_DEFAULTS`` (checked by ``check_generation_args``), a seed for sampling, and the
+    EOS id(s) and pad id (``GenerationDefaults``).
+
+    A row that has produced an EOS token yields ``pad_token_id`` from then on; the generator stops when
+    every row has ended, after ``max_new_tokens`` steps, or when the cache is full. Position ids follow
+    Transformers' generate: ``cumsum(attention_mask) - 1``, 0 at padding, so a left-padded row starts at
+    position 0 at its first real token.
     """
-    check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
     # The loop's bookkeeping (token ids, attention mask, positions: a few integers per row) lives on the
-    # host in NumPy by design; all model math runs in model.forward_device on the model's device.
-    input_ids = np.asarray(backend.to_numpy(input_ids))
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [B, T], got shape {list(input_ids.shape)}")
+    # host in NumPy by design; all model math runs in the step function, on the model's device.
     B, T = input_ids.shape
-    context = model.config.text.max_position_embeddings
-    if T >= context:
-        raise ValueError(
-            f"the prompt has {T} tokens, the model's context (max_position_embeddings) is {context}: "
-            f"no room for a new token"
-        )
-    eos = _as_id_set(eos_token_id)
+    eos = as_id_set(eos_token_id)
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
-    if attention_mask is None:
-        attention_mask = np.ones((B, T), dtype=np.int64)
-    attention_mask = np.asarray(backend.to_numpy(attention_mask)).astype(np.int64)
-    position_ids = np.where(attention_mask == 1, np.cumsum(attention_mask, axis=1) - 1, 0)  # [B, T]
     rng = np.random.default_rng(seed)
-    n_steps = min(max_new_tokens, context - T)
+    n_steps = min(max_new_tokens, cache.max_len - T)
 
-    cache = model.new_cache(B, T + n_steps)
-    logits = model.forward_device(input_ids, pixel_values, attention_mask, position_ids, cache, last_only=True)
+    position_ids = np.where(attention_mask == 1, np.cumsum(attention_mask, axis=1) - 1, 0)  # [B, T]
+    logits = step(input_ids, attention_mask, position_ids, cache, image_features)  # prefill: [B, V]
     sequences = input_ids  # [B, S], for the repetition penalty
     unfinished = np.ones(B, dtype=bool)
-    for step in range(n_steps):
-        scores = process_logits(
-            logits[:, -1], sequences, do_sample, temperature, top_k, top_p, repetition_penalty
-        )  # [B, V]
+    for i in range(n_steps):
+        scores = process_logits(logits, sequences, do_sample, temperature, top_k, top_p, repetition_penalty)  # [B, V]
         if do_sample:
             next_tokens = sample(scores, rng)  # [B]
         else:
@@ -190,48 +224,9 @@ def generate_tokens(
         next_tokens = np.where(unfinished, next_tokens, pad_token_id).astype(np.int64)
         yield next_tokens
         unfinished &= ~np.isin(next_tokens, eos)
-        if not unfinished.any() or step == n_steps - 1:
+        if not unfinished.any() or i == n_steps - 1:
             return
         sequences = np.concatenate([sequences, next_tokens[:, None]], axis=1)  # [B, S + 1]
         attention_mask = np.concatenate([attention_mask, np.ones((B, 1), np.int64)], axis=1)  # [B, S + 1]
         position_ids = position_ids[:, -1:] + 1  # [B, 1]
-        logits = model.forward_device(
-            next_tokens[:, None], None, attention_mask, position_ids, cache, last_only=True
-        )  # [B, 1, V]
-
-
-def generate(model, input_ids, pixel_values=None, attention_mask=None, **kwargs):
-    """The prompt followed by the generated tokens, [B, T + n_new] int64, as Transformers' generate()."""
-    input_ids = np.asarray(backend.to_numpy(input_ids))
-    steps = list(generate_tokens(model, input_ids, pixel_values, attention_mask, **kwargs))
-    return np.concatenate([input_ids, np.stack(steps, axis=1)], axis=1)
-
-
-def stream_text(token_steps, decode, byte_token_ids=frozenset()):
-    """Turn a one-row stream of tokens into a stream of text pieces.
-
-    token_steps: an iterator of [1] token arrays (generate_tokens with B = 1); decode: ids -> str
-    (e.g. ``processor.decode(ids, skip_special_tokens=True)``); byte_token_ids: the tokenizer's
-    byte-fallback tokens (<0x00> .. <0xFF>).
-
-    The whole answer so far is decoded at each step and only its new end is yielded. Text that may
-    still change is held back: a run of byte-fallback tokens decodes as a whole (valid UTF-8 becomes
-    its characters, anything else one U+FFFD per byte), so nothing is yielded while the last token
-    is a byte token, nor while the text ends in an incomplete character (U+FFFD).
-    """
-    ids, printed = [], ""
-    for tokens in token_steps:
-        if len(tokens) != 1:
-            raise ValueError(f"streaming text needs a batch of one sequence, got {len(tokens)}")
-        ids.append(int(tokens[0]))
-        if ids[-1] in byte_token_ids:
-            continue
-        text = decode(ids)
-        if text.endswith("\ufffd"):
-            continue
-        if len(text) > len(printed):
-            yield text[len(printed) :]
-        printed = text
-    text = decode(ids) if ids else ""
-    if len(text) > len(printed):
-        yield text[len(printed) :]
+        logits = step(next_tokens[:, None], attention_mask, position_ids, cache)  # decode: [B, V]

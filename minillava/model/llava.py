@@ -1,10 +1,13 @@
-"""LLaVA glue: load a checkpoint folder, encode images, run the language model over the merged sequence.
+"""LLaVA, composed: encode images, merge them into the sentence, run the language model, pick tokens.
 
     pixel_values ─ vision_tower ─ select_features ─ multi_modal_projector ─┐ image_features [N, L, D]
     input_ids ─ embed_tokens ───────────────────────────────────────────── merge ─ language_model ─ lm_head ─ logits
 
-``LlavaModel`` only holds the config and the parameters; every step is a function of the module
-named after it (vision.py, projector.py, merge.py, llama.py).
+``LlavaModel`` holds the config and the parameters; every step is a function of the module named after
+it (vision.py, projector.py, merge.py, llama.py), and generation's loop is generate.py's. The public
+methods (``encode_image``, ``forward``, ``generate``, ``generate_tokens``, ``stream``) are the edge where
+arrays enter: they check and convert their inputs once, with one clear error, and everything they call
+trusts its arguments. ``step`` is the language model's forward as generation's loop calls it.
 
 Shape letters: B = batch, T = new positions, Tk = all positions incl. cached ones, N = images,
 C = channels, S = image side, L = image tokens per image, D = hidden size, V = vocab.
@@ -12,29 +15,25 @@ C = channels, S = image side, L = image tokens per image, D = hidden size, V = v
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from . import backend
-from .config import GenerationDefaults, LlavaConfig, load_config, load_generation_defaults
-from .demo import demo_folder
-from .generate import generate, generate_tokens, stream_text
+from . import backend, generate
+from .config import LlavaConfig
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
-from .merge import count_image_tokens, merge_image_features
+from .merge import merge_image_features
 from .projector import multi_modal_projector
 from .rope import inverse_frequencies
 from .trace import record
 from .vision import select_features, vision_tower
-from .weights import load_weights
 
 COMPUTE_DTYPES = ("float32", "float16")
 
 
 class LlavaModel:
     """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the
-    checkpoint's modules), the ``device`` ("cpu" or "cuda") and the compute ``dtype``."""
+    checkpoint's modules), the ``device`` ("cpu" or "cuda"), the compute ``dtype`` and the special tokens
+    generation stops and pads with (``generation_defaults``)."""
 
     def __init__(
         self,
@@ -42,10 +41,12 @@ class LlavaModel:
         params: dict,
         device: str = "cpu",
         dtype: str = "float32",
-        generation_defaults: GenerationDefaults | None = None,
+        generation_defaults: generate.GenerationDefaults | None = None,
     ):
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         self.config = config
-        self.generation_defaults = generation_defaults or load_generation_defaults(None, config)
+        self.generation_defaults = generation_defaults or generate.generation_defaults(config)
         self.params = params
         self.device = backend.check_device(device)
         self.dtype = np.dtype(dtype)
@@ -53,15 +54,17 @@ class LlavaModel:
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
 
-    # -- the two halves -------------------------------------------------------------------------
+    # -- the two halves ------------------------------------------------------------------------------
 
     def encode_image(self, pixel_values, trace=None):
         """Images to the language model's "words": CLIP features of the selected layer(s), projected.
 
         pixel_values: [N, C, S, S] (NumPy or device array)  ->  image_features [N, L, D] (device array)
         """
+        return self._encode_image(self._checked_pixel_values(pixel_values), trace)
+
+    def _encode_image(self, pixel_values, trace=None):
         cfg = self.config
-        pixel_values = self._check_pixel_values(pixel_values)
         x = self.xp.asarray(pixel_values, dtype=self.dtype)  # [N, C, S, S]
         record(trace, "pixel_values", x)
         hidden_states = vision_tower(
@@ -102,14 +105,131 @@ class LlavaModel:
         last_only=False,
     ):
         """``forward`` that leaves the logits on the device; ``last_only`` computes lm_head for the
-        last position only ([B, 1, V]), which is all a generation step needs."""
-        xp, cfg = self.xp, self.config
-        input_ids, attention_mask, position_ids = self._check_text_inputs(
+        last position only ([B, 1, V])."""
+        input_ids, attention_mask, position_ids = self._checked_text_inputs(
             input_ids, attention_mask, position_ids, cache
         )
-        n_image_tokens = count_image_tokens(input_ids, cfg.image_token_index)
+        pixel_values = self._checked_images(input_ids, pixel_values, cache)
+        return self._logits(input_ids, attention_mask, position_ids, cache, None, trace, last_only, pixel_values)
+
+    def step(self, input_ids, attention_mask, position_ids, cache, image_features=None):
+        """The language model's forward for new positions, as generation's loop calls it: NumPy ids [B, T],
+        attention_mask [B, Tk], position_ids [B, T] (checked by the caller), the cache, and the image features
+        of the prompt's image tokens (prefill only)  ->  logits of each row's last position [B, V] (device)."""
+        return self._logits(input_ids, attention_mask, position_ids, cache, image_features, last_only=True)[:, -1]
+
+    def _logits(
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        cache,
+        image_features,
+        trace=None,
+        last_only=False,
+        pixel_values=None,
+    ):
+        """Embed, merge the image features in (given, or encoded here from pixel_values), run the decoder
+        layers and lm_head.  -> [B, T or 1, V]"""
+        xp, cfg = self.xp, self.config
+        input_ids = xp.asarray(input_ids)  # [B, T]
+        embeds = embed_tokens(self.params["language_model"]["embed_tokens"]["weight"], input_ids)  # [B, T, D]
+        embeds = embeds.astype(self.dtype, copy=False)
+        record(trace, "language_model.embed_tokens", embeds)
         if pixel_values is not None:
-            pixel_values = self._check_pixel_values(pixel_values)
+            image_features = self._encode_image(pixel_values, trace)  # [N, L, D]
+        if image_features is not None:
+            embeds = merge_image_features(embeds, input_ids, image_features, cfg.image_token_index)  # [B, T, D]
+        record(trace, "inputs_embeds", embeds)
+        attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
+        hidden = language_model(
+            self.params["language_model"], embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace
+        )  # [B, T, D]
+        if last_only:
+            hidden = hidden[:, -1:]  # [B, 1, D]
+        logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]
+        record(trace, "lm_head", logits)
+        return logits
+
+    # -- generation (the loop is generate.py's) -------------------------------------------------------
+
+    def generate(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """Prompt + generated tokens [B, T + n_new], token for token Transformers' generate().
+
+        Keyword arguments: max_new_tokens (20), do_sample (False: greedy), temperature (1.0),
+        top_k (50), top_p (1.0), repetition_penalty (1.0), seed, eos_token_id and pad_token_id
+        (default: the checkpoint's generation_config.json).
+        """
+        input_ids, tokens = self._generation(input_ids, pixel_values, attention_mask, kwargs)
+        return np.concatenate([input_ids, np.stack(list(tokens), axis=1)], axis=1)
+
+    def generate_tokens(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """The same generation as a generator of each step's tokens [B] (NumPy int64)."""
+        return self._generation(input_ids, pixel_values, attention_mask, kwargs)[1]
+
+    def stream(self, processor, input_ids, pixel_values=None, attention_mask=None, **kwargs):
+        """Generate for one prompt and yield the answer's text piece by piece as it is produced."""
+        return processor.stream_text(self.generate_tokens(input_ids, pixel_values, attention_mask, **kwargs))
+
+    def _generation(self, input_ids, pixel_values, attention_mask, kwargs):
+        """Check every input once, encode the images, make the cache -> (input_ids [B, T] NumPy, the lazy
+        generator of the new tokens)."""
+        unknown = sorted(set(kwargs) - set(generate.SETTINGS_DEFAULTS) - {"seed", "eos_token_id", "pad_token_id"})
+        if unknown:
+            raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
+        settings = {name: kwargs.get(name, default) for name, default in generate.SETTINGS_DEFAULTS.items()}
+        generate.check_generation_args(**settings)
+        settings["seed"] = kwargs.get("seed")
+        settings["eos_token_id"] = kwargs.get("eos_token_id", self.generation_defaults.eos_token_id)
+        settings["pad_token_id"] = kwargs.get("pad_token_id", self.generation_defaults.pad_token_id)
+        input_ids, attention_mask, _ = self._checked_text_inputs(input_ids, attention_mask, None, None)
+        attention_mask = attention_mask.astype(np.int64)
+        B, T = input_ids.shape
+        context = self.config.text.max_position_embeddings
+        if T >= context:
+            raise ValueError(
+                f"the prompt has {T} tokens, the model's context (max_position_embeddings) is {context}: "
+                f"no room for a new token"
+            )
+        pixel_values = self._checked_images(input_ids, pixel_values, None)
+        image_features = None if pixel_values is None else self._encode_image(pixel_values)  # [N, L, D]
+        cache = self.new_cache(B, min(T + settings["max_new_tokens"], context))
+        tokens = generate.generate_tokens(self.step, cache, input_ids, attention_mask, image_features, **settings)
+        return input_ids, tokens
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
+        text = self.config.text
+        if max_len > text.max_position_embeddings:
+            raise ValueError(
+                f"max_len {max_len} exceeds the model's context (max_position_embeddings = "
+                f"{text.max_position_embeddings})"
+            )
+        return KVCache(
+            self.xp, text.num_hidden_layers, batch_size, text.num_key_value_heads, max_len, text.head_dim, self.dtype
+        )
+
+    # -- input checks: one clear error before any compute --------------------------------------------
+
+    def _checked_pixel_values(self, pixel_values):
+        vision = self.config.vision
+        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        shape = tuple(getattr(pixel_values, "shape", ()))
+        if len(shape) != 4 or shape[1:] != expected:
+            raise ValueError(
+                f"pixel_values must have shape [N, {expected[0]}, {expected[1]}, {expected[2]}] for this model, "
+                f"got {list(shape) if shape else type(pixel_values).__name__}"
+            )
+        if not np.issubdtype(np.dtype(pixel_values.dtype), np.floating):
+            raise ValueError(f"pixel_values must be a float array, got dtype {pixel_values.dtype}")
+        return pixel_values
+
+    def _checked_images(self, input_ids, pixel_values, cache):
+        """pixel_values checked against the image tokens of input_ids (NumPy [B, T]); None without images."""
+        cfg = self.config
+        n_image_tokens = int((input_ids == cfg.image_token_index).sum())
+        if pixel_values is not None:
+            pixel_values = self._checked_pixel_values(pixel_values)
             n_images = pixel_values.shape[0]
             if n_image_tokens != n_images * cfg.num_image_tokens:
                 raise ValueError(
@@ -125,85 +245,11 @@ class LlavaModel:
                 f"input_ids hold {n_image_tokens} image tokens (id {cfg.image_token_index}) but no pixel_values "
                 f"were given"
             )
-
-        input_ids = xp.asarray(input_ids)  # [B, T]
-        embeds = embed_tokens(self.params["language_model"]["embed_tokens"]["weight"], input_ids)  # [B, T, D]
-        embeds = embeds.astype(self.dtype, copy=False)
-        record(trace, "language_model.embed_tokens", embeds)
-        if pixel_values is not None:
-            image_features = self.encode_image(pixel_values, trace)  # [N, L, D]
-            embeds = merge_image_features(embeds, input_ids, image_features, cfg.image_token_index)  # [B, T, D]
-        record(trace, "inputs_embeds", embeds)
-
-        attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
-        text_params = self.params["language_model"]
-        hidden = language_model(
-            text_params, embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace
-        )
-        # hidden: [B, T, D]
-        if last_only:
-            hidden = hidden[:, -1:]  # [B, 1, D]
-        logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]
-        record(trace, "lm_head", logits)
-        return logits
-
-    # -- generation (generate.py) ----------------------------------------------------------------
-
-    def generate(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
-        """Prompt + generated tokens [B, T + n_new], token for token Transformers' generate().
-
-        Keyword arguments: max_new_tokens (20), do_sample (False: greedy), temperature (1.0),
-        top_k (50), top_p (1.0), repetition_penalty (1.0), seed, eos_token_id and pad_token_id
-        (default: the checkpoint's generation_config.json).
-        """
-        return generate(self, input_ids, pixel_values, attention_mask, **self._generation_kwargs(kwargs))
-
-    def generate_tokens(self, input_ids, pixel_values=None, attention_mask=None, **kwargs):
-        """The same generation as a generator of each step's tokens [B]."""
-        return generate_tokens(self, input_ids, pixel_values, attention_mask, **self._generation_kwargs(kwargs))
-
-    def stream(self, processor, input_ids, pixel_values=None, attention_mask=None, **kwargs):
-        """Generate for one prompt and yield the answer's text piece by piece as it is produced."""
-        steps = self.generate_tokens(input_ids, pixel_values, attention_mask, **kwargs)
-        decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return stream_text(steps, decode, processor.byte_token_ids)
-
-    def _generation_kwargs(self, kwargs):
-        kwargs = dict(kwargs)
-        kwargs.setdefault("eos_token_id", self.generation_defaults.eos_token_id)
-        kwargs.setdefault("pad_token_id", self.generation_defaults.pad_token_id)
-        return kwargs
-
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""
-        text = self.config.text
-        if max_len > text.max_position_embeddings:
-            raise ValueError(
-                f"max_len {max_len} exceeds the model's context (max_position_embeddings = "
-                f"{text.max_position_embeddings})"
-            )
-        return KVCache(
-            self.xp, text.num_hidden_layers, batch_size, text.num_key_value_heads, max_len, text.head_dim, self.dtype
-        )
-
-    # -- input checks: one clear error before any compute ----------------------------------------
-
-    def _check_pixel_values(self, pixel_values):
-        vision = self.config.vision
-        expected = (vision.num_channels, vision.image_size, vision.image_size)
-        shape = tuple(getattr(pixel_values, "shape", ()))
-        if len(shape) != 4 or shape[1:] != expected:
-            raise ValueError(
-                f"pixel_values must have shape [N, {expected[0]}, {expected[1]}, {expected[2]}] for this model, "
-                f"got {list(shape) if shape else type(pixel_values).__name__}"
-            )
-        if not np.issubdtype(np.dtype(pixel_values.dtype), np.floating):
-            raise ValueError(f"pixel_values must be a float array, got dtype {pixel_values.dtype}")
         return pixel_values
 
-    def _check_text_inputs(self, input_ids, attention_mask, position_ids, cache):
+    def _checked_text_inputs(self, input_ids, attention_mask, position_ids, cache):
         """Validate ids, mask and positions on the host; fill the defaults. Returns NumPy arrays."""
-        input_ids = backend.to_numpy(input_ids) if hasattr(input_ids, "shape") else np.asarray(input_ids)
+        input_ids = np.asarray(backend.to_numpy(input_ids))
         if input_ids.ndim != 2 or input_ids.shape[1] == 0 or not np.issubdtype(input_ids.dtype, np.integer):
             raise ValueError(
                 f"input_ids must be a non-empty integer array [B, T], got shape {list(input_ids.shape)} "
@@ -228,51 +274,14 @@ class LlavaModel:
             )
         if attention_mask is None:
             attention_mask = np.ones((B, start + T), dtype=np.int64)
-        attention_mask = (
-            backend.to_numpy(attention_mask) if hasattr(attention_mask, "shape") else np.asarray(attention_mask)
-        )
+        attention_mask = np.asarray(backend.to_numpy(attention_mask))
         if attention_mask.shape != (B, start + T):
             raise ValueError(
                 f"attention_mask must have shape [B, cached + T] = [{B}, {start + T}], got {list(attention_mask.shape)}"
             )
         if position_ids is None:
             position_ids = np.broadcast_to(np.arange(start, start + T), (B, T))
-        position_ids = np.asarray(backend.to_numpy(position_ids) if hasattr(position_ids, "shape") else position_ids)
+        position_ids = np.asarray(backend.to_numpy(position_ids))
         if position_ids.shape != (B, T):
             raise ValueError(f"position_ids must have shape [B, T] = [{B}, {T}], got {list(position_ids.shape)}")
         return input_ids, attention_mask, position_ids
-
-
-def _map_arrays(fn, tree):
-    """Apply fn to every array of a nested dict/list of parameters."""
-    if isinstance(tree, dict):
-        return {k: _map_arrays(fn, v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_map_arrays(fn, v) for v in tree]
-    return fn(tree)
-
-
-def load_model(
-    path=None, device: str = "cpu", dtype: str = "float32", low_memory: bool = False, progress=None
-) -> LlavaModel:
-    """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
-    path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
-
-    device: "cpu" (NumPy) or "cuda" (CuPy). dtype: the compute dtype, "float32" (the reference,
-    the default) or "float16". low_memory: keep the weights in the file's dtype, memory-mapped, and
-    cast each one where it is used, so llava-1.5-7b (14 GB of float16) runs in float32 on a 16 GB
-    machine at the cost of a cast per use. progress: an optional ``progress(bytes_done, bytes_total)``
-    callback while the weights are read.
-    """
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
-    backend.check_device(device)
-    if device == "cuda":
-        backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
-    folder = Path(path) if path is not None else demo_folder()
-    config = load_config(folder)
-    params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress)
-    if device == "cuda":
-        params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
-    generation_defaults = load_generation_defaults(folder, config)
-    return LlavaModel(config, params, device=device, dtype=dtype, generation_defaults=generation_defaults)

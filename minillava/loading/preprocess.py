@@ -21,7 +21,6 @@ S the shortest-edge size; Hc, Wc the crop size.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import read_json
 
 # OpenAI CLIP's normalisation constants (Transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,10 +77,10 @@ def load_image_processor_config(folder: str | os.PathLike) -> ImageProcessorConf
     settings = None
     processor_file = folder / PROCESSOR_CONFIG
     if processor_file.is_file():
-        settings = _read_json(processor_file).get("image_processor")
+        settings = read_json(processor_file).get("image_processor")
     preprocessor_file = folder / PREPROCESSOR_CONFIG
     if settings is None and preprocessor_file.is_file():
-        settings = _read_json(preprocessor_file)
+        settings = read_json(preprocessor_file)
     if settings is None:
         raise FileNotFoundError(
             f"{folder}: no image processor settings; expected {PREPROCESSOR_CONFIG} or an 'image_processor' "
@@ -115,13 +116,6 @@ def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
         do_pad=bool(settings.get("do_pad") or False) and not kind.startswith("CLIP"),
         size_hw=size_hw,
     )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid json ({e})") from e
 
 
 def _parse_size(value, default: ImageProcessorConfig, default_to_square: bool) -> tuple[int, tuple[int, int] | None]:

@@ -1,4 +1,4 @@
-"""Model configuration: a checkpoint's config.json as three small frozen dataclasses.
+"""config.json -> the model's configuration (``minillava.model.config``), every omitted field filled.
 
 A llava-hf config.json is sparse. The published llava-1.5-7b-hf file gives only three fields of its
 language model (`vocab_size`, `max_position_embeddings`, `rms_norm_eps`) and relies on Transformers
@@ -27,24 +27,14 @@ model, with an unhelpful message; here they fail at load time with the field and
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu", "gelu_new")
-"""Activation names (Transformers' `ACT2FN` keys) that minillava's layers implement."""
-
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-"""RoPE variants of `modeling_rope_utils.ROPE_INIT_FUNCTIONS` (plus "default") that minillava accepts.
-
-"dynamic" (dynamic NTK) recomputes the frequencies from the current sequence length once it exceeds
-`max_position_embeddings`: theta' = theta * (factor * seq_len / max_pos - (factor - 1)) ** (d / (d - 2)),
-see `_compute_dynamic_ntk_parameters` and `dynamic_rope_update`. Its only field is `factor`.
-"""
-
-VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
-"""`default` drops the CLS token from the selected CLIP features, `full` keeps it."""
+from ..model.config import LlavaConfig, TextConfig, VisionConfig
+from ..model.layers import ACTIVATIONS
+from ..model.rope import ROPE_TYPES
+from ..model.vision import FEATURE_SELECT_STRATEGIES
+from .files import read_json
 
 # CLIPVisionConfig's class defaults (openai/clip-vit-base-patch32): used for the fields a
 # `vision_config` dict leaves out.
@@ -111,131 +101,6 @@ LLAVA_DEFAULTS: dict[str, Any] = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# The dataclasses
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    """The CLIP vision tower (Transformers' `CLIPVisionConfig`)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_channels: int
-    image_size: int
-    patch_size: int
-    hidden_act: str
-    layer_norm_eps: float
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head (CLIP has no separate head_dim field)."""
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def num_patches(self) -> int:
-        """Patches per image: a (image_size // patch_size)² grid, 576 for 336 px and 14 px patches."""
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def num_positions(self) -> int:
-        """Position embeddings: one per patch plus one for the CLS token."""
-        return self.num_patches + 1
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """The Llama language model (Transformers' `LlamaConfig`), with the derived fields resolved.
-
-    `rope_scaling` is None for plain RoPE, else a dict with `rope_type` and exactly the fields that
-    variant needs: {"rope_type": "linear" | "dynamic", "factor"} or {"rope_type": "llama3", "factor",
-    "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}. The base is always
-    `rope_theta`.
-
-    `tie_word_embeddings` is the effective value for the LLaVA model (see `LlavaConfig`), which may
-    differ from the `text_config.tie_word_embeddings` Transformers stores.
-
-    `eos_token_id` is an int, a tuple of ints (a list in the JSON), or None.
-    """
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    hidden_act: str
-    max_position_embeddings: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
-    attention_bias: bool
-    mlp_bias: bool
-    tie_word_embeddings: bool
-    pad_token_id: int | None
-    bos_token_id: int | None
-    eos_token_id: int | tuple[int, ...] | None
-
-
-@dataclass(frozen=True)
-class LlavaConfig:
-    """LLaVA: a CLIP vision tower, a two-layer projector and a Llama language model.
-
-    `vision_feature_layer` is an index into CLIP's `hidden_states` (see `vision_layers_needed`), or a
-    tuple of them whose features are concatenated.
-
-    `tie_word_embeddings` decides whether `lm_head.weight` is `embed_tokens.weight`. In Transformers 5.24
-    `LlavaForConditionalGeneration` ties when its own config's `tie_word_embeddings` is true
-    (`PreTrainedModel.get_expanded_tied_weights_keys`), and `LlavaConfig.__post_init__` sets that to true
-    whenever `text_config.tie_word_embeddings` is true. So the effective value is
-    `top-level OR text_config`; a top-level `false` cannot switch off a `true` in text_config. Both
-    `tie_word_embeddings` fields here hold that effective value.
-    """
-
-    vision: VisionConfig
-    text: TextConfig
-    image_token_index: int
-    projector_hidden_act: str
-    vision_feature_layer: int | tuple[int, ...]
-    vision_feature_select_strategy: str
-    multimodal_projector_bias: bool
-    tie_word_embeddings: bool
-    pad_token_id: int | None
-
-    @property
-    def num_image_tokens(self) -> int:
-        """Feature vectors per image: one per patch, plus CLS with the "full" strategy (576 for llava-1.5)."""
-        extra = 1 if self.vision_feature_select_strategy == "full" else 0
-        return self.vision.num_patches + extra
-
-    @property
-    def vision_layers_needed(self) -> int:
-        """How many CLIP encoder layers must run to produce the selected hidden state(s).
-
-        `hidden_states[0]` is the embeddings after `pre_layrnorm`, `hidden_states[i]` the output of
-        encoder layer i - 1, so index i needs i layers; a negative index counts from
-        num_hidden_layers + 1 (-2 with 24 layers is hidden_states[23]: 23 layers).
-        """
-        index = self.vision_feature_index
-        return max(index) if isinstance(index, tuple) else index
-
-    @property
-    def vision_feature_index(self) -> int | tuple[int, ...]:
-        """`vision_feature_layer` as non-negative indices into `hidden_states` (an int, or a tuple for a list).
-
-        `hidden_states` holds num_hidden_layers + 1 entries, so -2 with CLIP ViT-L's 24 layers is 23.
-        """
-        num_states = self.vision.num_hidden_layers + 1
-        layers = self.vision_feature_layer
-        if isinstance(layers, tuple):
-            return tuple(index % num_states for index in layers)
-        return layers % num_states
-
-
-# ---------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------
 
@@ -248,11 +113,7 @@ def load_config(path: str | Path) -> LlavaConfig:
         raise FileNotFoundError(f"no config.json in the folder {path}")
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder (give a checkpoint folder or its config.json)")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
-    return config_from_dict(data, source=str(file))
+    return config_from_dict(read_json(file, required=True), source=str(file))
 
 
 def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
@@ -282,10 +143,10 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
     # dataclass fields, so it wins when both keys are present.
     token_key = "image_token_id" if d.get("image_token_id") is not None else "image_token_index"
     strategy = _str(top, "vision_feature_select_strategy", LLAVA_DEFAULTS["vision_feature_select_strategy"])
-    if strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+    if strategy not in FEATURE_SELECT_STRATEGIES:
         raise top.error(
             "vision_feature_select_strategy",
-            f"must be one of {VISION_FEATURE_SELECT_STRATEGIES}, got {strategy!r}",
+            f"must be one of {FEATURE_SELECT_STRATEGIES}, got {strategy!r}",
         )
     return LlavaConfig(
         vision=vision,
@@ -391,8 +252,8 @@ def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
 
     type_key = "rope_type" if "rope_type" in params else "type"
     rope_type = params.get(type_key, "default")
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise rope.error(type_key, f"is {rope_type!r}; minillava supports the RoPE types {SUPPORTED_ROPE_TYPES}")
+    if rope_type not in ROPE_TYPES:
+        raise rope.error(type_key, f"is {rope_type!r}; minillava supports the RoPE types {ROPE_TYPES}")
     if rope_type == "default":
         return theta, None  # LlamaRotaryEmbedding's default path ignores every other key
 
@@ -508,8 +369,8 @@ def _str(sec: _Section, key: str, default: str) -> str:
 
 def _activation(sec: _Section, key: str, default: str) -> str:
     value = _str(sec, key, default)
-    if value not in SUPPORTED_ACTIVATIONS:
-        raise sec.error(key, f"is {value!r}; supported activations are {SUPPORTED_ACTIVATIONS}")
+    if value not in ACTIVATIONS:
+        raise sec.error(key, f"is {value!r}; supported activations are {tuple(ACTIVATIONS)}")
     return value
 
 
@@ -522,32 +383,3 @@ def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = F
         return tuple(value)
     kinds = "an int, a list of ints or null" if allow_list else "an int or null"
     raise sec.error(key, f"must be {kinds}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """The special tokens generation needs, from generation_config.json (else from config.json)."""
-
-    eos_token_id: tuple[int, ...]
-    pad_token_id: int | None
-    bos_token_id: int | None
-
-
-def load_generation_defaults(folder: str | Path | None, config: LlavaConfig) -> GenerationDefaults:
-    """EOS, pad and BOS ids as Transformers' generate() would take them: generation_config.json first
-    (what save_pretrained writes next to config.json), then the text config's and the llava config's.
-    With ``folder=None``, from the config alone."""
-    file = None if folder is None else Path(folder) / "generation_config.json"
-    data = {}
-    if file is not None and file.is_file():
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{file}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{file}: expected a JSON object")
-    eos = data.get("eos_token_id", config.text.eos_token_id)
-    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-    pad = data.get("pad_token_id", config.pad_token_id if config.pad_token_id is not None else config.text.pad_token_id)
-    bos = data.get("bos_token_id", config.text.bos_token_id)
-    return GenerationDefaults(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)

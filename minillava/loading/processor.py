@@ -36,7 +36,6 @@ L = image tokens per image.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -44,34 +43,16 @@ import numpy as np
 from PIL import Image
 from tokenizers import AddedToken, Tokenizer
 
+from ..demo import demo_folder
+from ..model.vision import FEATURE_SELECT_STRATEGIES
 from . import preprocess as image_preprocess
+from .chat_template import is_llava_15_template, render_jinja, render_llava_15
 from .config import load_config
+from .files import read_json
 
 IMAGE_TOKEN = "<image>"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PADDING_SIDES = ("left", "right")
-ROLES = ("system", "user", "assistant")
-
-# The chat template of llava-hf/llava-1.5-7b-hf (chat_template.json; Transformers' own test
-# tests/models/llava/test_processing_llava.py quotes it). Rendered natively by `render_llava_15`.
-LLAVA_15_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto',"
-    " 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-# The same template without the assistant branch (which, once {% generation %} is dropped, repeats the user
-# branch): renders identically, so it is recognised too.
-LLAVA_15_CHAT_TEMPLATE_PLAIN = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto',"
-    " 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% for content in message['content'] |"
-    " selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 
 
 class LlavaProcessor:
@@ -104,9 +85,10 @@ class LlavaProcessor:
         self.chat_template = chat_template
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if vision_feature_select_strategy not in ("default", "full"):
+        if vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {vision_feature_select_strategy!r}"
+                f"vision_feature_select_strategy must be one of {FEATURE_SELECT_STRATEGIES}, "
+                f"got {vision_feature_select_strategy!r}"
             )
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
@@ -251,180 +233,43 @@ class LlavaProcessor:
         # rows, so a model can produce them) decode to nothing, as in Transformers.
         return self.tokenizer.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
 
+    # -- streaming ------------------------------------------------------------------------------------
 
-# ---------------------------------------------------------------------------------------------------------------
-# Chat templates
-# ---------------------------------------------------------------------------------------------------------------
+    def stream_text(self, token_steps):
+        """One row's tokens as they are generated (an iterator of [1] arrays, e.g. ``model.generate_tokens``
+        with B = 1) -> the answer's text, piece by piece (see ``stream_text``)."""
+        decode = lambda ids: self.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return stream_text(token_steps, decode, self.byte_token_ids)
 
 
-def render_llava_15(conversation, add_generation_prompt: bool = False) -> str:
-    """The llava-1.5 prompt format, as llava-hf's chat template writes it:
+def stream_text(token_steps, decode, byte_token_ids=frozenset()):
+    """Turn a one-row stream of tokens into a stream of text pieces.
 
-        [system text + " "] "USER: " + "<image>\\n" per image + (text + " ") per text
-        "ASSISTANT: " + (text + " ") per text  ...  ["ASSISTANT:" as the generation prompt]
+    token_steps: an iterator of [1] token arrays (generate_tokens with B = 1); decode: ids -> str
+    (e.g. ``processor.decode(ids, skip_special_tokens=True)``); byte_token_ids: the tokenizer's
+    byte-fallback tokens (<0x00> .. <0xFF>).
 
-    Images of a message come first, then its texts, whatever their order in the content list; a system
-    message has no role prefix; assistant turns end with a space, not </s>. A string content counts as one
-    text part (Transformers renders nothing for it: its template only reads typed parts).
+    The whole answer so far is decoded at each step and only its new end is yielded. Text that may
+    still change is held back: a run of byte-fallback tokens decodes as a whole (valid UTF-8 becomes
+    its characters, anything else one U+FFFD per byte), so nothing is yielded while the last token
+    is a byte token, nor while the text ends in an incomplete character (U+FFFD).
     """
-    prompt = []
-    for message in _check_conversation(conversation, known_roles_only=True):
-        parts = _content_parts(message["content"])
-        if message["role"] != "system":
-            prompt.append(message["role"].upper() + ": ")
-        prompt.extend("<image>\n" for part in parts if part["type"] == "image")
-        prompt.extend(part["text"] + " " for part in parts if part["type"] == "text")
-    if add_generation_prompt:
-        prompt.append("ASSISTANT:")
-    return "".join(prompt)
-
-
-def render_jinja(chat_template: str, conversation, add_generation_prompt: bool = False, **special_tokens) -> str:
-    """Render any chat template with Jinja, set up as Transformers' ``render_jinja_template``: a sandboxed
-    environment with trim_blocks and lstrip_blocks, loop controls, the ``{% generation %}`` tag, the
-    ``raise_exception``/``strftime_now`` globals and a ``tojson`` that keeps non-ASCII. The messages are
-    passed as given, except that OpenAI-style "image_url" parts become "image" parts, as Transformers
-    converts them; special tokens (bos_token, ...) are template variables."""
-    try:
-        import jinja2  # noqa: F401  (optional: only templates other than llava-1.5's need it)
-    except ImportError as err:
-        raise ImportError(
-            "this checkpoint's chat template is not the llava-1.5 one, so it must be rendered with Jinja; "
-            "install jinja2 (pip install jinja2)"
-        ) from err
-    messages = [
-        {**message, "content": [_from_image_url(part) for part in message["content"]]}
-        if isinstance(message["content"], (list, tuple))
-        else message
-        for message in _check_conversation(conversation, known_roles_only=False)
-    ]
-    variables = {name: value for name, value in special_tokens.items() if value is not None}
-    return (
-        _jinja_environment()
-        .from_string(chat_template)
-        .render(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables)
-    )
-
-
-def is_llava_15_template(chat_template: str) -> bool:
-    """Whether the template is llava-1.5's, up to comments, {% generation %} tags and whitespace inside tags."""
-    signature = _template_signature(chat_template)
-    return signature in (_template_signature(LLAVA_15_CHAT_TEMPLATE), _template_signature(LLAVA_15_CHAT_TEMPLATE_PLAIN))
-
-
-def _template_signature(template: str) -> str:
-    """Comments and {% generation %} tags removed, whitespace outside string literals removed inside tags.
-    Text outside tags is kept as is (it is output)."""
-    template = re.sub(r"\{#.*?#\}", "", template, flags=re.DOTALL)
-    if template.endswith("%}\n"):  # trim_blocks drops the newline after a block tag
-        template = template[:-1]
-    template = re.sub(r"\{\{.*?\}\}|\{%.*?%\}", lambda m: _strip_code_whitespace(m.group()), template, flags=re.DOTALL)
-    return template.replace("{%generation%}", "").replace("{%endgeneration%}", "")
-
-
-def _strip_code_whitespace(code: str) -> str:
-    """Drop the whitespace of a Jinja tag that lies outside its quoted strings."""
-    out, quote = [], None
-    for ch in code:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch.isspace():
+    ids, printed = [], ""
+    for tokens in token_steps:
+        if len(tokens) != 1:
+            raise ValueError(f"streaming text needs a batch of one sequence, got {len(tokens)}")
+        ids.append(int(tokens[0]))
+        if ids[-1] in byte_token_ids:
             continue
-        out.append(ch)
-    return "".join(out)
-
-
-def _jinja_environment():
-    import json as _json
-    from datetime import datetime
-
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(Extension):
-        """{% generation %} ... {% endgeneration %} renders its body (Transformers uses it to mark
-        assistant tokens)."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
-
-        def _render(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
-
-
-def _check_conversation(conversation, known_roles_only: bool) -> list[dict]:
-    """Check the shape of a conversation; returns its messages with None-valued keys dropped (as
-    Transformers drops them)."""
-    if not isinstance(conversation, (list, tuple)) or len(conversation) == 0:
-        raise ValueError("conversation must be a non-empty list of messages ({'role': ..., 'content': ...})")
-    messages = []
-    for i, message in enumerate(conversation):
-        if not isinstance(message, dict):
-            raise ValueError(
-                f"conversation[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}"
-            )
-        message = {key: value for key, value in message.items() if value is not None}
-        role = message.get("role")
-        if not isinstance(role, str):
-            raise ValueError(f"conversation[{i}] has no 'role' (one of {ROLES})")
-        if known_roles_only and role not in ROLES:
-            raise ValueError(f"conversation[{i}] has the unknown role {role!r}; the llava-1.5 format knows {ROLES}")
-        if "content" not in message:
-            raise ValueError(f"conversation[{i}] ({role}) has no 'content'")
-        if not isinstance(message["content"], (str, list, tuple)):
-            raise ValueError(
-                f"conversation[{i}]['content'] must be a string or a list of parts, "
-                f"got {type(message['content']).__name__}"
-            )
-        messages.append(message)
-    return messages
-
-
-def _from_image_url(part):
-    """{"type": "image_url", "image_url": {"url": u}} -> {"type": "image", "url": u} (Transformers'
-    ProcessorMixin._normalize_conversations)."""
-    if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
-        url = part["image_url"].get("url", "") if isinstance(part["image_url"], dict) else part["image_url"]
-        return {"type": "image", "url": url}
-    return part
-
-
-def _content_parts(content) -> list[dict]:
-    """A message's content as typed parts: a string is one text part; "image_url" parts (OpenAI style)
-    are images, as Transformers converts them."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("image", "image_url"):
-            parts.append({"type": "image"})
-        elif kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise ValueError(f"content part {j} is of type 'text' but has no string 'text'")
-            parts.append(part)
-        else:
-            raise ValueError(f"content part {j} must be a dict with 'type' 'text' or 'image', got {part!r:.80}")
-    return parts
+        text = decode(ids)
+        if text.endswith("\ufffd"):
+            continue
+        if len(text) > len(printed):
+            yield text[len(printed) :]
+        printed = text
+    text = decode(ids) if ids else ""
+    if len(text) > len(printed):
+        yield text[len(printed) :]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,8 +318,6 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
     chat template and (for older folders) config.json. ``padding_side=None`` follows tokenizer_config.json
     (default "right", as Transformers); the default "left" is what batched generation needs.
     With no path, the demo model bundled with minillava."""
-    from .demo import demo_folder
-
     folder = Path(path) if path is not None else demo_folder()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
@@ -485,8 +328,8 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
     tokenizer.no_padding()  # minillava pads itself
     tokenizer.no_truncation()
 
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
-    special_map = _read_json(folder / "special_tokens_map.json")
+    tokenizer_config = read_json(folder / "tokenizer_config.json")
+    special_map = read_json(folder / "special_tokens_map.json")
     special_tokens = {}
     for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
         token = _token_text(tokenizer_config.get(name)) or _token_text(special_map.get(name))
@@ -496,7 +339,7 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
                 tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
 
     # How many tokens an image takes: processor_config.json, else (older folders) the model's config.json.
-    processor_config = _read_json(folder / "processor_config.json")
+    processor_config = read_json(folder / "processor_config.json")
     model_config = load_config(folder) if (folder / "config.json").is_file() else None
     patch_size = processor_config.get("patch_size")
     strategy = processor_config.get("vision_feature_select_strategy")
@@ -532,7 +375,7 @@ def _read_chat_template(folder: Path, processor_config: dict, tokenizer_config: 
         return _default_template(processor_config["chat_template"], folder / "processor_config.json")
     legacy = folder / "chat_template.json"
     if legacy.is_file():
-        data = _read_json(legacy)
+        data = read_json(legacy)
         if "chat_template" not in data:
             raise ValueError(f"{legacy}: no 'chat_template' key")
         return _default_template(data["chat_template"], legacy)
@@ -559,15 +402,3 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: must hold a JSON object")
-    return data

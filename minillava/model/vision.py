@@ -18,6 +18,9 @@ from .backend import xp_of
 from .layers import activation, layer_norm, linear
 from .trace import record
 
+FEATURE_SELECT_STRATEGIES = ("default", "full")
+"""`vision_feature_select_strategy`: "default" drops the CLS token from the selected features, "full" keeps it."""
+
 
 def patch_embed(pixel_values, weight):
     """The stride-P, P×P convolution of CLIP (no bias), written as a reshape and one matmul.

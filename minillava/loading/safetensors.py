@@ -1,0 +1,131 @@
+"""The safetensors format, read with NumPy: a header, then the tensors' bytes, which can be memory-mapped.
+
+    [8 bytes]  N, the header length, little-endian unsigned 64-bit
+    [N bytes]  JSON header: {"name": {"dtype": "F16", "shape": [4096, 4096], "data_offsets": [begin, end]},
+                             ..., "__metadata__": {...}}
+    [rest]     the data buffer; a tensor's bytes are buffer[begin:end], row-major, little-endian
+
+We parse it ourselves so that tensors can be memory-mapped (``safetensors.safe_open(..., framework="numpy")``
+copies every tensor into memory) and bfloat16, which NumPy cannot represent, can be decoded; a truncated or
+corrupt file is caught from its header, before any tensor is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+# safetensors dtype name -> the NumPy dtype of its bytes (always little-endian in the file).
+# bfloat16 has no NumPy dtype: we read its raw 16-bit patterns and decode them (``bfloat16_to_float32``).
+SAFETENSORS_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Decode bfloat16 bit patterns (uint16, any shape) to float32 of the same shape, exactly.
+
+    bfloat16 is the upper half of a float32 (sign, 8-bit exponent, 7-bit mantissa), so shifting the
+    16 bits into the high half of a 32-bit word gives the float32 with the same value; inf, nan,
+    -0.0 and subnormals included.
+    """
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_header(path: str) -> tuple[dict[str, dict], int]:
+    """Parse and validate a safetensors header.
+
+    Returns ({tensor name: {"dtype": str, "shape": tuple, "begin": int, "end": int}}, data_start) where
+    begin/end are byte offsets into the data buffer, which starts at byte ``data_start`` of the file.
+    Raises ValueError naming the file (and tensor) for a truncated or corrupt file.
+    """
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({file_size} bytes: truncated)")
+        header_size = int.from_bytes(prefix, "little")
+        if 8 + header_size > file_size:
+            raise ValueError(
+                f"{path}: header length {header_size} runs past the end of the {file_size}-byte file "
+                "(truncated or not a safetensors file)"
+            )
+        raw = f.read(header_size)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: the safetensors header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+
+    data_start = 8 + header_size
+    buffer_size = file_size - data_start
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise ValueError(f"{where}: header entry must have dtype, shape and data_offsets, got {info!r}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{where}: unknown or unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(n, int) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise ValueError(f"{where}: data_offsets must be [begin, end], begin <= end, got {offsets!r}")
+        begin, end = offsets
+        if end > buffer_size:
+            raise ValueError(
+                f"{where}: data_offsets {offsets} run past the end of the data buffer "
+                f"({buffer_size} bytes; the file is truncated)"
+            )
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if end - begin != nbytes:
+            raise ValueError(
+                f"{where}: data_offsets {offsets} span {end - begin} bytes, but {dtype} of shape {shape} needs {nbytes}"
+            )
+        tensors[name] = {"dtype": dtype, "shape": tuple(shape), "begin": begin, "end": end}
+    return tensors, data_start
+
+
+def map_buffer(path: str, data_start: int) -> np.ndarray:
+    """The data buffer of a safetensors file as a read-only uint8 np.memmap (nothing is read yet)."""
+    size = os.path.getsize(path) - data_start
+    if size == 0:  # mmap cannot map zero bytes; only zero-size tensors can live here
+        return np.zeros(0, np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(size,))
+
+
+def tensor(buffer: np.ndarray, info: dict, dtype: np.dtype | None) -> np.ndarray:
+    """One tensor from a mapped buffer: a memory-mapped view (dtype None), else a cast in-memory copy."""
+    raw = buffer[info["begin"] : info["end"]].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    if info["dtype"] == "BF16":
+        raw = bfloat16_to_float32(raw)  # decoding reads the bytes; the result lives in memory
+    if dtype is None:
+        return raw
+    return np.array(raw, dtype=dtype)  # a plain ndarray (not a memmap) holding its own data

@@ -1,0 +1,18 @@
+"""The model: LLaVA-1.5's math as functions over plain arrays, NumPy on the CPU and CuPy on a GPU.
+
+Read in data-flow order:
+
+    layers.py      linear, LayerNorm, RMSNorm, activations, softmax: the shared pieces
+    attention.py   scaled dot-product attention, masks, grouped-query heads
+    vision.py      CLIP: patch embedding, embeddings, encoder layers, feature selection
+    projector.py   the two-layer MLP from CLIP features to word embeddings
+    merge.py       image features into the image-token positions
+    rope.py        rotary position embeddings
+    kv_cache.py    the preallocated key/value cache
+    llama.py       token embedding, decoder layers, the language model, lm_head
+    llava.py       the glue: LlavaModel (encode_image, forward, step, generate)
+    generate.py    logits processors, sampling and the generation loop
+
+and beside them: config.py (what the model is: its sizes), backend.py (NumPy or CuPy), trace.py
+(recording named activations). Nothing here reads a file: minillava.loading does that.
+"""

@@ -1,0 +1,132 @@
+"""What the model is: its configuration as three small frozen dataclasses.
+
+``LlavaConfig`` holds the CLIP vision tower's sizes (``VisionConfig``), the Llama language model's
+(``TextConfig``) and LLaVA's own fields: which image token, which projector activation, which CLIP
+layer(s) and tokens become image features. The model reads these fields; where they come from (a
+checkpoint's config.json, with every omitted field filled as Transformers fills it) is
+``minillava.loading.config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The CLIP vision tower (Transformers' `CLIPVisionConfig`)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_channels: int
+    image_size: int
+    patch_size: int
+    hidden_act: str
+    layer_norm_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (CLIP has no separate head_dim field)."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image: a (image_size // patch_size)² grid, 576 for 336 px and 14 px patches."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        """Position embeddings: one per patch plus one for the CLS token."""
+        return self.num_patches + 1
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The Llama language model (Transformers' `LlamaConfig`), with the derived fields resolved.
+
+    `rope_scaling` is None for plain RoPE, else a dict with `rope_type` and exactly the fields that
+    variant needs: {"rope_type": "linear" | "dynamic", "factor"} or {"rope_type": "llama3", "factor",
+    "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}. The base is always
+    `rope_theta`.
+
+    `tie_word_embeddings` is the effective value for the LLaVA model (see `LlavaConfig`), which may
+    differ from the `text_config.tie_word_embeddings` Transformers stores.
+
+    `eos_token_id` is an int, a tuple of ints (a list in the JSON), or None.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_act: str
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    attention_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    pad_token_id: int | None
+    bos_token_id: int | None
+    eos_token_id: int | tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class LlavaConfig:
+    """LLaVA: a CLIP vision tower, a two-layer projector and a Llama language model.
+
+    `vision_feature_layer` is an index into CLIP's `hidden_states` (see `vision_layers_needed`), or a
+    tuple of them whose features are concatenated.
+
+    `tie_word_embeddings` decides whether `lm_head.weight` is `embed_tokens.weight`. In Transformers 5.24
+    `LlavaForConditionalGeneration` ties when its own config's `tie_word_embeddings` is true
+    (`PreTrainedModel.get_expanded_tied_weights_keys`), and `LlavaConfig.__post_init__` sets that to true
+    whenever `text_config.tie_word_embeddings` is true. So the effective value is
+    `top-level OR text_config`; a top-level `false` cannot switch off a `true` in text_config. Both
+    `tie_word_embeddings` fields here hold that effective value.
+    """
+
+    vision: VisionConfig
+    text: TextConfig
+    image_token_index: int
+    projector_hidden_act: str
+    vision_feature_layer: int | tuple[int, ...]
+    vision_feature_select_strategy: str
+    multimodal_projector_bias: bool
+    tie_word_embeddings: bool
+    pad_token_id: int | None
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Feature vectors per image: one per patch, plus CLS with the "full" strategy (576 for llava-1.5)."""
+        extra = 1 if self.vision_feature_select_strategy == "full" else 0
+        return self.vision.num_patches + extra
+
+    @property
+    def vision_layers_needed(self) -> int:
+        """How many CLIP encoder layers must run to produce the selected hidden state(s).
+
+        `hidden_states[0]` is the embeddings after `pre_layrnorm`, `hidden_states[i]` the output of
+        encoder layer i - 1, so index i needs i layers; a negative index counts from
+        num_hidden_layers + 1 (-2 with 24 layers is hidden_states[23]: 23 layers).
+        """
+        index = self.vision_feature_index
+        return max(index) if isinstance(index, tuple) else index
+
+    @property
+    def vision_feature_index(self) -> int | tuple[int, ...]:
+        """`vision_feature_layer` as non-negative indices into `hidden_states` (an int, or a tuple for a list).
+
+        `hidden_states` holds num_hidden_layers + 1 entries, so -2 with CLIP ViT-L's 24 layers is 23.
+        """
+        num_states = self.vision.num_hidden_layers + 1
+        layers = self.vision_feature_layer
+        if isinstance(layers, tuple):
+            return tuple(index % num_states for index in layers)
+        return layers % num_states
