@@ -1,19 +1,14 @@
-"""Shared fixtures: tiny LLaVA checkpoints made by Transformers (tools/make_tiny_llava.py), cached
+"""Shared fixtures: tiny LLaVA checkpoints made by Transformers (tests/fixtures/tiny_llava.py), cached
 under .fixtures/ across runs, and the Transformers reference model loaded from the same folder."""
 
 import os
-import sys
-from pathlib import Path
 
 # One BLAS/OpenMP thread per process: on 2 cores, small torch forwards with 2 threads can be ~20x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-import make_tiny_llava  # noqa: E402
+from .fixtures import tiny_llava  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -46,7 +41,7 @@ def device(request):
 @pytest.fixture(scope="session")
 def tiny_checkpoint():
     """tiny_checkpoint(variant="base", layout="fresh", dtype="float32", shard=False) -> folder."""
-    return make_tiny_llava.checkpoint
+    return tiny_llava.checkpoint
 
 
 @pytest.fixture(scope="session")

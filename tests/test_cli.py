@@ -25,37 +25,86 @@ def picture(tmp_path_factory):
     return path
 
 
-def expected_answer(folder, picture, question, max_new_tokens):
-    model, processor = minillava.load_model(folder), minillava.load_processor(folder)
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+@pytest.fixture(scope="module")
+def ours(folder):
+    return minillava.load_model(folder), minillava.load_processor(folder)
+
+
+def turn(question, with_image=False):
+    content = [{"type": "image"}] if with_image else []
+    return {"role": "user", "content": content + [{"type": "text", "text": question}]}
+
+
+def expected_answer(ours, picture, conversation, max_new_tokens, **kwargs):
+    """What the library answers (greedy unless kwargs say otherwise): the text the CLI must print."""
+    model, processor = ours
+    if isinstance(conversation, str):
+        conversation = [turn(conversation, with_image=True)]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=[Image.open(picture)], text=[prompt])
-    ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    ids = model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
     return processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_question_about_a_picture(folder, picture, capsys):
+def test_question_about_a_picture(folder, picture, ours, capsys):
     argv = ["--model", str(folder), "--image", str(picture), "-q", "What is shown?", "--max-new-tokens", "12"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert out == expected_answer(folder, picture, "What is shown?", 12) + "\n"
+    assert out == expected_answer(ours, picture, "What is shown?", 12) + "\n"
 
 
-def test_chat_keeps_the_conversation(folder, picture, monkeypatch, capsys):
+def test_chat_keeps_the_conversation(folder, picture, ours, monkeypatch, capsys):
+    """The second question is asked with the picture, the first question and the first answer before it: its
+    prompt is the whole conversation's, and its answer is what generation gives on that prompt."""
     questions = iter(["What is shown?", "And the colour?", ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    prompts = []  # the input_ids of each turn, as the CLI hands them to the model
+    stream = minillava.LlavaModel.stream
+
+    def spy(self, processor, *args, **kwargs):
+        prompts.append(np.array(kwargs["input_ids"]))
+        return stream(self, processor, *args, **kwargs)
+
+    monkeypatch.setattr(minillava.LlavaModel, "stream", spy)
     assert cli.main(["--model", str(folder), "--image", str(picture), "--chat", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert out.count("llava> ") == 2
 
+    first = expected_answer(ours, picture, "What is shown?", 6)
+    answered = {"role": "assistant", "content": [{"type": "text", "text": first.strip()}]}
+    history = [turn("What is shown?", with_image=True), answered, turn("And the colour?")]
+    second = expected_answer(ours, picture, history, 6)
+    assert out == f"llava> {first}\nllava> {second}\n"
+    _, processor = ours
+    whole = processor.apply_chat_template(history, add_generation_prompt=True)
+    assert whole == f"USER: <image>\nWhat is shown? ASSISTANT: {first.strip()} USER: And the colour? ASSISTANT:"
+    assert len(prompts) == 2
+    np.testing.assert_array_equal(prompts[1], processor(images=[Image.open(picture)], text=[whole])["input_ids"])
+    # Without the history the second answer would differ: the output check above tells them apart.
+    assert second != expected_answer(ours, picture, "And the colour?", 6)
 
-def test_sampling_flags_and_seed_are_reproducible(folder, picture, capsys):
-    argv = ["--model", str(folder), "--image", str(picture), "--sample", "--temperature", "1.5", "--seed", "3"]
-    argv += ["--max-new-tokens", "8"]
-    assert cli.main(argv) == 0
+
+def test_sampling_flags_and_seed_are_reproducible(folder, picture, ours, capsys):
+    """--sample --temperature --seed give what the library samples with those settings (not the greedy answer),
+    the same each run, and another draw with another seed."""
+
+    def argv(seed):
+        return ["--model", str(folder), "--image", str(picture), "--sample", "--temperature", "1.5", "--seed", seed,
+                "--max-new-tokens", "8"]  # fmt: skip
+
+    assert cli.main(argv("3")) == 0
     first = capsys.readouterr().out
-    assert cli.main(argv) == 0
+    assert cli.main(argv("3")) == 0
     assert capsys.readouterr().out == first
+
+    question = cli.DEFAULT_QUESTION
+    sampled = expected_answer(ours, picture, question, 8, do_sample=True, temperature=1.5, seed=3)
+    assert first == sampled + "\n"
+    assert sampled != expected_answer(ours, picture, question, 8)  # the greedy answer differs
+    assert sampled != expected_answer(ours, picture, question, 8, do_sample=True, temperature=1.0, seed=3)
+    assert cli.main(argv("4")) == 0
+    expected = expected_answer(ours, picture, question, 8, do_sample=True, temperature=1.5, seed=4)
+    assert capsys.readouterr().out == expected + "\n" != first
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import train_demo as td  # tools/ is on sys.path (conftest.py)
+
+from .tools import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
+td = load_tool("train_demo")  # the trainer of the demo model: its pictures, questions and scoring
 DEMO = ROOT / "minillava" / "demo"
 N_HELDOUT = 200
 N_COMPARED = 40  # pictures compared with Transformers here (all 200: tools/train_demo.py --compare)
@@ -38,14 +40,12 @@ def minillava_result(heldout, device):
 def test_tool_imports_without_torch():
     """Drawing pictures needs only NumPy and Pillow: torch is imported inside the training functions."""
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('train_demo', {str(ROOT / 'tools' / 'train_demo.py')!r})\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules['train_demo'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "module.heldout_examples(3)\n"
+        "import sys\n"
+        "from tests.tools import load_tool\n"
+        "load_tool('train_demo').heldout_examples(3)\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_heldout_set_is_fixed():

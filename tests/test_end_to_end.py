@@ -8,6 +8,8 @@ from PIL import Image
 
 import minillava
 
+from .fixtures import tiny_tokenizer
+
 
 @pytest.fixture(scope="module")
 def folder(tiny_checkpoint):
@@ -21,9 +23,7 @@ def ours(folder, device):
 
 @pytest.fixture(scope="module")
 def theirs(folder, hf_model):
-    from make_tiny_tokenizer import reference_processor  # tools/ (on sys.path by conftest)
-
-    return hf_model(folder), reference_processor(folder, padding_side="left")
+    return hf_model(folder), tiny_tokenizer.reference_processor(folder, padding_side="left")
 
 
 def photos():

@@ -34,8 +34,10 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")  # the cat photo of notebooks 1 and 7
 markdown_it = pytest.importorskip("markdown_it")
 
-import run_notebooks  # noqa: E402  (tools/ is on sys.path: conftest.py)
-import student_notebooks  # noqa: E402
+from .tools import load_tool  # noqa: E402
+
+run_notebooks = load_tool("run_notebooks")
+student_notebooks = load_tool("student_notebooks")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

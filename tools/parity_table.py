@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.fixtures
 
-import make_tiny_llava  # noqa: E402
 import numpy as np  # noqa: E402
+
+from tests.fixtures import tiny_llava  # noqa: E402
 
 ROWS = [
     ("base", "fresh", "float32", False),
@@ -59,7 +60,7 @@ def llava_7b_widths() -> Path:
     import benchmark
 
     cfg = benchmark.llava_config(False, 2, 2, -2)
-    return benchmark.ensure_checkpoint(cfg, make_tiny_llava.CACHE / "bench-7b-t2-v2-f-2")
+    return benchmark.ensure_checkpoint(cfg, tiny_llava.CACHE / "bench-7b-t2-v2-f-2")
 
 
 def main() -> None:
@@ -73,7 +74,7 @@ def main() -> None:
     import minillava
 
     torch.set_num_threads(1 if args.device == "cpu" else os.cpu_count())
-    rows = [(*row, make_tiny_llava.checkpoint(*row)) for row in ROWS]
+    rows = [(*row, tiny_llava.checkpoint(*row)) for row in ROWS]
     if args.llava_7b_widths:
         rows.append(("llava-1.5-7b widths", "fresh", "float16", False, llava_7b_widths()))
     print(f"minillava on {args.device}, float32; Transformers on the CPU, float32")
@@ -88,7 +89,7 @@ def main() -> None:
                 input_ids=torch.from_numpy(input_ids),
                 attention_mask=torch.from_numpy(attention_mask),
                 pixel_values=torch.from_numpy(pixel_values),
-                output_hidden_states=True,  # see tests/test_model.py: works around layer-0 selection in 5.24
+                output_hidden_states=True,  # see tests/model/helpers.py: works around layer-0 selection in 5.24
             ).logits.numpy()
         real = attention_mask.astype(bool)
         err = np.max(np.abs(ours[real] - ref[real])) / np.max(np.abs(ref[real]))

@@ -323,7 +323,7 @@ def corpus() -> list[str]:
 
 def build_tokenizer():
     """A byte-fallback BPE ``tokenizers.Tokenizer`` laid out like llava-hf's Llama tokenizer, trained on
-    ``corpus()`` (tools/make_tiny_tokenizer.py's ``train_tokenizer``, Llama's legacy pipeline).
+    ``corpus()`` (tests/fixtures/tiny_tokenizer.py's ``train_tokenizer``, Llama's legacy pipeline).
 
     <unk>=0, <s>=1, </s>=2, the byte tokens <0x00>..<0xFF> (3..258), then the pieces trained on
     ``corpus()``; then the added special tokens <image> and <pad>. Any text can be encoded (unknown
@@ -343,15 +343,15 @@ def build_processor(tokenizer):
 
 
 def _tokenizer_tool():
-    """tools/make_tiny_tokenizer.py, which builds the test suite's tokenizers the same way."""
+    """tests/fixtures/tiny_tokenizer.py, which builds the test suite's tokenizers the same way."""
     import sys
 
-    tools = str(Path(__file__).resolve().parent)
-    if tools not in sys.path:  # called once for the tokenizer and once for the processor
-        sys.path.insert(0, tools)
-    import make_tiny_tokenizer
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:  # called once for the tokenizer and once for the processor
+        sys.path.insert(0, repo)
+    from tests.fixtures import tiny_tokenizer
 
-    return make_tiny_tokenizer
+    return tiny_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------------------

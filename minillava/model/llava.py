@@ -110,27 +110,24 @@ class LlavaModel:
             input_ids, attention_mask, position_ids, cache
         )
         pixel_values = self._checked_images(input_ids, pixel_values, cache)
-        return self._logits(input_ids, attention_mask, position_ids, cache, None, trace, last_only, pixel_values)
+        return self._logits(input_ids, attention_mask, position_ids, cache, pixel_values=pixel_values, trace=trace,
+                            last_only=last_only)  # fmt: skip
 
     def step(self, input_ids, attention_mask, position_ids, cache, image_features=None):
         """The language model's forward for new positions, as generation's loop calls it: NumPy ids [B, T],
         attention_mask [B, Tk], position_ids [B, T] (checked by the caller), the cache, and the image features
         of the prompt's image tokens (prefill only)  ->  logits of each row's last position [B, V] (device)."""
-        return self._logits(input_ids, attention_mask, position_ids, cache, image_features, last_only=True)[:, -1]
+        logits = self._logits(
+            input_ids, attention_mask, position_ids, cache, image_features=image_features, last_only=True
+        )
+        return logits[:, -1]  # [B, V]
 
     def _logits(
-        self,
-        input_ids,
-        attention_mask,
-        position_ids,
-        cache,
-        image_features,
-        trace=None,
+        self, input_ids, attention_mask, position_ids, cache, image_features=None, pixel_values=None, trace=None,
         last_only=False,
-        pixel_values=None,
-    ):
-        """Embed, merge the image features in (given, or encoded here from pixel_values), run the decoder
-        layers and lm_head.  -> [B, T or 1, V]"""
+    ):  # fmt: skip
+        """Embed, merge the images in (their features, or encoded here from checked pixel_values), run the
+        decoder layers and lm_head.  -> [B, T or 1, V]"""
         xp, cfg = self.xp, self.config
         input_ids = xp.asarray(input_ids)  # [B, T]
         embeds = embed_tokens(self.params["language_model"]["embed_tokens"]["weight"], input_ids)  # [B, T, D]

@@ -73,7 +73,7 @@ def build_parsers():
     dump.add_argument("--source", choices=["minillava", "transformers"], default="minillava", help="who runs")
     compare = _Parser(
         prog="minillava parity compare",
-        description="Compare two trace files (the first is the reference); see minillava/parity.py for the format.",
+        description="Compare two trace files (the first is the reference); see minillava/parity/npz.py for the format.",
     )
     compare.add_argument("reference")
     compare.add_argument("candidate")

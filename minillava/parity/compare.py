@@ -19,7 +19,7 @@ from ..model.trace import order_key
 INPUT_NAMES = ("input_ids", "attention_mask")  # compared exactly
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Default relative tolerances (modules, lm_head) by the lower precision of the two sides.
-# float32: what tests/test_model.py requires (measured: <= 2.4e-6 on the three models below).
+# float32: what tests/model/helpers.py requires (measured: <= 2.4e-6 on the three models below).
 # float16 / bfloat16 (minillava float32 on the CPU vs Transformers in fp16/bf16, or minillava float16
 # on a GPU): the largest drift measured over all modules, on the tiny chat checkpoint and on random
 # models of 12 CLIP + 24 Llama layers and 23 CLIP + 32 Llama layers, was 2.3e-3, 3.8e-3, 3.9e-3 in

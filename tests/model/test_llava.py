@@ -1,69 +1,15 @@
-"""The whole model against Transformers' LlavaForConditionalGeneration on tiny random checkpoints.
-
-Tolerances (float32): each module's output within 1e-5 of the reference's largest magnitude; logits
-within 1e-4 of theirs. Logits are compared at real (non-padding) positions: a padding query
-attends to nothing, and what a framework puts there is arbitrary.
+"""The whole model (minillava.model.llava) against Transformers' LlavaForConditionalGeneration on tiny random
+checkpoints: logits on every checkpoint variant, text-only prompts, weights kept float16, and every module
+against its Transformers submodule (forward hooks) on the same inputs. Tolerances: tests/model/helpers.py.
 """
 
 import numpy as np
 import pytest
-import torch
 
 import minillava
 from minillava.model.backend import to_numpy
 
-MODULE_TOL = 1e-5
-LOGITS_TOL = 1e-4
-
-
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
-def make_inputs(config, rng, layout):
-    """input_ids, attention_mask, pixel_values for a left-padded batch.
-
-    layout: a list of rows, each a list of segments: an int n (n random text tokens) or "img".
-    Rows are left-padded to the longest with the pad token and attention_mask 0.
-    """
-    L, img_id = config.num_image_tokens, config.image_token_index
-    text_ids = [i for i in range(config.text.vocab_size) if i not in (img_id, config.pad_token_id)]
-    rows, n_images = [], 0
-    for segments in layout:
-        row = [1]  # BOS
-        for seg in segments:
-            if seg == "img":
-                row += [img_id] * L
-                n_images += 1
-            else:
-                row += list(rng.choice(text_ids, size=seg))
-        rows.append(row)
-    T = max(len(r) for r in rows)
-    pad = config.pad_token_id
-    input_ids = np.array([[pad] * (T - len(r)) + r for r in rows], dtype=np.int64)
-    attention_mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
-    side = config.vision.image_size
-    pixel_values = rng.standard_normal((n_images, 3, side, side)).astype(np.float32) if n_images else None
-    return input_ids, attention_mask, pixel_values
-
-
-def hf_logits(hf, input_ids, attention_mask, pixel_values):
-    with torch.no_grad():
-        out = hf(
-            input_ids=torch.from_numpy(input_ids),
-            attention_mask=torch.from_numpy(attention_mask),
-            pixel_values=None if pixel_values is None else torch.from_numpy(pixel_values),
-            # Transformers 5.24 asks CLIP for the hidden states it selects with
-            # `output_hidden_states=vision_feature_layer`, which is falsy for layer 0 (then it crashes);
-            # asking for all of them sidesteps that and changes no number.
-            output_hidden_states=True,
-        )
-    return out.logits.numpy()
-
-
-BATCH = [[3, "img", 5, "img", 2], [4, "img", 6]]  # two images in row 0, one in the shorter row 1
+from .helpers import BATCH, LOGITS_TOL, MODULE_TOL, hf_logits, make_inputs, rel_err
 
 CHECKPOINTS = [
     # variant, layout, file dtype, sharded
@@ -184,52 +130,3 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
     # Layers past the selected one are never computed.
     n_computed = sum(name.startswith("vision_tower.encoder.layers.") and name.count(".") == 3 for name in trace)
     assert n_computed == cfg.vision_layers_needed < cfg.vision.num_hidden_layers + (variant == "layer_list")
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache: prefill then one-token steps equal one full forward
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "layout", [[[4, "img", 6]], [[3, "img", 5, "img", 7], [4, "img", 9]]], ids=["single", "left-padded-batch"]
-)
-def test_cached_steps_equal_full_forward(tiny_checkpoint, hf_model, device, layout):
-    folder = tiny_checkpoint("base", "fresh", "float32", False)
-    model, hf = minillava.load_model(folder, device=device), hf_model(folder)
-    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(4), layout)
-    full = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-    ref = hf_logits(hf, input_ids, attention_mask, pixel_values)
-
-    B, T = input_ids.shape
-    n_steps = 6
-    prefill = T - n_steps  # every image token lies in the prefill
-    cache = model.new_cache(B, max_len=T + 2)
-    logits = [
-        model.forward(
-            input_ids[:, :prefill], pixel_values=pixel_values, attention_mask=attention_mask[:, :prefill], cache=cache
-        )
-    ]
-    assert cache.length == prefill
-    for t in range(prefill, T):
-        logits.append(model.forward(input_ids[:, t : t + 1], attention_mask=attention_mask[:, : t + 1], cache=cache))
-    stepped = np.concatenate(logits, axis=1)
-    assert cache.length == T
-    real = attention_mask.astype(bool)
-    assert rel_err(stepped[real], full[real]) <= LOGITS_TOL
-    assert rel_err(stepped[real], ref[real]) <= LOGITS_TOL
-    # The decode steps alone, position by position.
-    for t in range(prefill, T):
-        rows = real[:, t]
-        assert rel_err(stepped[rows, t], ref[rows, t]) <= LOGITS_TOL
-
-
-def test_trace_off_records_nothing_and_callable_trace(tiny_checkpoint):
-    model = minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
-    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(5), [[2, "img", 2]])
-    seen = []
-    model.forward(input_ids, pixel_values=pixel_values, trace=lambda name, value: seen.append((name, value.shape)))
-    names = [n for n, _ in seen]
-    assert names[0] == "language_model.embed_tokens" and names[-1] == "lm_head"
-    assert "pixel_values" in names and "multi_modal_projector" in names and "inputs_embeds" in names
-    assert len(names) == len(set(names))

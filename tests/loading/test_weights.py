@@ -1,9 +1,9 @@
-"""minillava.weights against checkpoints that Transformers writes, and against hand-made broken files.
+"""minillava.loading.weights against checkpoints that Transformers writes, and against hand-made broken files.
 
 Tiny LlavaForConditionalGeneration models are built once per module; each is saved in every key layout
 (Transformers' own save_pretrained, the hub's llava-hf names, the in-memory state_dict names), single-file
 and sharded, in float32, float16 and bfloat16. The loaded canonical params must equal the model's
-state_dict bit for bit after the same casts.
+state_dict bit for bit after the same casts. (The safetensors reader itself: test_safetensors.py.)
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +24,6 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from minillava.loading.config import load_config  # noqa: E402
-from minillava.loading.safetensors import bfloat16_to_float32  # noqa: E402
 from minillava.loading.weights import (  # noqa: E402
     canonical_key,
     check_params,
@@ -34,90 +33,19 @@ from minillava.loading.weights import (  # noqa: E402
     unflatten,
 )
 
-VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    image_size=28,
-    patch_size=14,
+from .weight_files import (  # noqa: E402
+    F32_ONES,
+    KEY,
+    LAYOUTS,
+    TORCH_DTYPES,
+    build_model,
+    canonical_from_memory,
+    raw_safetensors,
+    save_layout,
+    write_checkpoint,
 )
-TEXT = dict(
-    vocab_size=100,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LAYOUTS = ("save_pretrained", "hub", "memory")
 
-
-def build_model(seed=0, **config_kwargs):
-    """A tiny LlavaForConditionalGeneration with random weights (biases and norms randomised too)."""
-    text = dict(TEXT, **config_kwargs.pop("text", {}))
-    config = transformers.LlavaConfig(vision_config=VISION, text_config=text, image_token_index=99, **config_kwargs)
-    torch.manual_seed(seed)
-    model = transformers.LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # ones/zeros from init would hide mix-ups between norms and biases
-            p.normal_()
-    return model
-
-
-def canonical_from_memory(key):
-    """In-memory state_dict key -> canonical key, written out independently of minillava."""
-    return key[len("model.") :] if key.startswith("model.") else key
-
-
-def hub_key(key):
-    """In-memory state_dict key -> the name it has in a llava-hf hub folder."""
-    if key == "lm_head.weight":
-        return "language_model.lm_head.weight"
-    for old, new in (
-        ("model.vision_tower.", "vision_tower.vision_model."),
-        ("model.language_model.", "language_model.model."),
-        ("model.multi_modal_projector.", "multi_modal_projector."),
-    ):
-        if key.startswith(old):
-            return new + key[len(old) :]
-    raise AssertionError(key)
-
-
-def write_checkpoint(folder, tensors, config, num_shards=1):
-    """Write tensors as model.safetensors, or as shards + model.safetensors.index.json, plus config.json."""
-    os.makedirs(folder, exist_ok=True)
-    config.save_pretrained(folder)
-    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    if num_shards == 1:
-        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-        return
-    names = sorted(tensors)
-    weight_map = {}
-    for i in range(num_shards):
-        shard = f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
-        part = {k: tensors[k] for k in names[i::num_shards]}
-        save_file(part, os.path.join(folder, shard), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, shard))
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-
-
-def save_layout(model, folder, layout, sharded):
-    """Save `model` in one key layout, single-file or sharded."""
-    if layout == "save_pretrained":
-        model.save_pretrained(folder, max_shard_size="20KB" if sharded else "5GB")
-        return
-    state = model.state_dict()
-    if layout == "hub":
-        tensors = {hub_key(k): v for k, v in state.items()}
-        positions = model.config.vision_config.image_size // model.config.vision_config.patch_size
-        tensors["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(positions**2 + 1)[None]
-    else:
-        tensors = dict(state)
-    write_checkpoint(folder, tensors, model.config, num_shards=3 if sharded else 1)
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +168,7 @@ def test_biases_gqa_and_feature_layer_list(tmp_path):
 
 def test_expected_shapes_llava_7b():
     """The published llava-1.5-7b-hf config gives its 7,063,427,072 parameters."""
-    shapes = expected_shapes(load_config(os.path.join(os.path.dirname(__file__), "data", "llava-1.5-7b-hf")))
+    shapes = expected_shapes(load_config(DATA / "llava-1.5-7b-hf"))
     assert sum(int(np.prod(s)) for s in shapes.values()) == 7_063_427_072
     assert shapes["vision_tower.embeddings.position_embedding.weight"] == (577, 1024)
     assert shapes["multi_modal_projector.linear_1.weight"] == (4096, 1024)
@@ -302,110 +230,6 @@ def test_check_params_accepts_nested_and_flat(checkpoints, config):
     flat["language_model.norm.weight"] = np.zeros(31, np.float32)
     with pytest.raises(ValueError, match=r"'language_model.norm.weight' has shape \(31,\), expected \(32,\)"):
         check_params(flat, config)
-
-
-# --------------------------------------------------------------------------------------------------
-# Memory mapping and bfloat16
-# --------------------------------------------------------------------------------------------------
-
-
-def _rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def test_float16_stays_memory_mapped(tmp_path):
-    """dtype=None maps a 64 MiB float16 file without reading it: RSS stays well below the file size."""
-    from safetensors.numpy import save_file as save_numpy
-
-    weight = np.arange(4096 * 8192, dtype=np.uint16).view(np.float16).reshape(4096, 8192)  # 64 MiB
-    save_numpy({"language_model.model.layers.0.mlp.up_proj.weight": weight}, str(tmp_path / "model.safetensors"))
-    del weight
-    if not os.path.exists("/proc/self/status"):
-        pytest.skip("needs /proc/self/status")
-    before = _rss_bytes()
-    params = load_weights(tmp_path, dtype=None)
-    grown = _rss_bytes() - before
-    w = params["language_model"]["layers"][0]["mlp"]["up_proj"]["weight"]
-    assert isinstance(w, np.memmap) and w.dtype == np.float16 and w.shape == (4096, 8192)
-    assert not w.flags.writeable
-    assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB for a 64 MiB file"
-    assert w[4095, 8191].view(np.uint16) == (4096 * 8192 - 1) % 65536
-    with pytest.raises(ValueError):
-        w[0, 0] = 1.0
-
-
-# Every kind of bfloat16 value, as bit patterns.
-BF16_SPECIALS = {
-    0x0000: 0.0,
-    0x8000: -0.0,
-    0x3F80: 1.0,
-    0xC000: -2.0,
-    0x7F80: np.inf,
-    0xFF80: -np.inf,
-    0x7FC0: np.nan,
-    0xFFC1: np.nan,  # negative nan with a payload
-    0x0001: 2.0**-133,  # smallest subnormal
-    0x807F: -(2.0**-126) * 127 / 128,  # largest negative subnormal
-    0x0080: 2.0**-126,  # smallest normal
-    0x7F7F: 3.3895313892515355e38,  # largest finite
-    0x3E20: 0.15625,
-}
-
-
-def raw_safetensors(path, tensors, metadata=None):
-    """Write a safetensors file by hand: tensors = {name: (dtype name, shape, raw bytes)}."""
-    header, data = {}, b""
-    for name, (dtype, shape, raw) in tensors.items():
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(shape),
-            "data_offsets": [len(data), len(data) + len(raw)],
-        }
-        data += raw
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob + data)
-
-
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # bf16 max -> float16 is inf, as in torch
-def test_bfloat16_special_values(tmp_path):
-    bits = np.array(list(BF16_SPECIALS), dtype=np.uint16)
-    raw_safetensors(
-        tmp_path / "model.safetensors",
-        {"multi_modal_projector.linear_2.bias": ("BF16", bits.shape, bits.tobytes())},
-        metadata={"format": "pt"},
-    )
-    reference = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
-
-    decoded = load_weights(tmp_path, dtype=None)["multi_modal_projector"]["linear_2"]["bias"]
-    assert decoded.dtype == np.float32
-    # Bit-exact: same sign of zero, same nan payload, subnormals kept.
-    assert np.array_equal(decoded.view(np.uint32), bits.astype(np.uint32) << 16)
-    assert np.array_equal(decoded.view(np.uint32), reference.float().numpy().view(np.uint32))
-    expected = np.array(list(BF16_SPECIALS.values()), dtype=np.float64)
-    assert np.array_equal(decoded.astype(np.float64), expected, equal_nan=True)
-    assert np.signbit(decoded[1]) and not np.signbit(decoded[0])
-
-    as_f32 = load_weights(tmp_path, dtype="float32")["multi_modal_projector"]["linear_2"]["bias"]
-    assert np.array_equal(as_f32.view(np.uint32), decoded.view(np.uint32))
-    # float16: one rounding from the exact value, like torch's bfloat16 -> float16 cast.
-    as_f16 = load_weights(tmp_path, dtype="float16")["multi_modal_projector"]["linear_2"]["bias"]
-    want = reference.to(torch.float16).numpy()
-    finite = ~np.isnan(want)
-    assert np.array_equal(as_f16[finite].view(np.uint16), want[finite].view(np.uint16))
-    assert np.isnan(as_f16[~finite]).all()
-
-
-def test_bfloat16_to_float32_keeps_shape():
-    bits = np.array([[0x3F80, 0x4000], [0x4040, 0x4080]], dtype=np.uint16)
-    assert np.array_equal(bfloat16_to_float32(bits), np.array([[1, 2], [3, 4]], np.float32))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,53 +332,6 @@ def test_shard_without_the_tensor_the_index_names(checkpoints, tmp_path):
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=f"{wrong}: has no tensor '{key}'"):
         load_weights(folder)
-
-
-def test_truncated_files(checkpoints, tmp_path):
-    folder = copy_of(checkpoints, tmp_path, "memory", False, "float32")
-    path = folder / "model.safetensors"
-    blob = path.read_bytes()
-    header_size = struct.unpack("<Q", blob[:8])[0]
-
-    path.write_bytes(blob[:5])  # not even the length prefix
-    with pytest.raises(ValueError, match=r"model\.safetensors: .*5 bytes"):
-        load_weights(folder)
-    path.write_bytes(blob[: 8 + header_size // 2])  # header cut
-    with pytest.raises(ValueError, match=rf"model\.safetensors: header length {header_size} runs past"):
-        load_weights(folder)
-    path.write_bytes(blob[:-10])  # the last tensor's bytes cut
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor '.*': data_offsets .* run past the end"):
-        load_weights(folder)
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"model\.safetensors: .*0 bytes"):
-        load_weights(folder)
-
-
-F32_ONES = ("F32", (4,), np.ones(4, np.float32).tobytes())
-KEY = "multi_modal_projector.linear_1.bias"
-
-
-def test_header_not_json(tmp_path):
-    bad = b"{not json at all"
-    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(bad)) + bad)
-    with pytest.raises(ValueError, match=r"model\.safetensors: the safetensors header is not valid JSON"):
-        load_weights(tmp_path)
-    bad = b"[1, 2]"
-    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(bad)) + bad)
-    with pytest.raises(ValueError, match=r"model\.safetensors: the safetensors header is a JSON list"):
-        load_weights(tmp_path)
-
-
-def test_unknown_dtype(tmp_path):
-    raw_safetensors(tmp_path / "model.safetensors", {KEY: ("F7", (4,), bytes(16))})
-    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{KEY}': unknown or unsupported dtype 'F7'"):
-        load_weights(tmp_path)
-
-
-def test_offsets_that_do_not_match_the_shape(tmp_path):
-    raw_safetensors(tmp_path / "model.safetensors", {KEY: ("F32", (5,), bytes(16))})
-    with pytest.raises(ValueError, match=rf"tensor '{KEY}': data_offsets \[0, 16\] span 16 bytes.*needs 20"):
-        load_weights(tmp_path)
 
 
 def test_integer_weight(tmp_path):

@@ -1,4 +1,4 @@
-"""minillava.config against Transformers' LlavaConfig: same values for every field, and clear errors."""
+"""minillava.loading.config against Transformers' LlavaConfig: same values for every field, and clear errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from minillava.loading.config import config_from_dict, load_config
 from minillava.model.config import LlavaConfig
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 LLAVA_7B = DATA / "llava-1.5-7b-hf"
 
 # llama3 RoPE as Llama-3.1 ships it (old `rope_scaling` spelling).

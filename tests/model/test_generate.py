@@ -1,14 +1,14 @@
-"""Generation against Transformers' generate(): greedy token for token, sampling distributions equal."""
+"""Generation (minillava.model.generate) against Transformers' generate(): greedy token for token, sampling
+distributions equal, EOS and padding per row, reproducible seeds, bad arguments, the context's end."""
 
 import numpy as np
 import pytest
 import torch
 
 import minillava
-from minillava.loading.processor import stream_text
 from minillava.model import generate as gen
 
-from .test_model import make_inputs
+from .helpers import make_inputs
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,10 @@ def test_eos_stops_each_row_and_the_others_go_on(pair):
     np.testing.assert_array_equal(ours, ref)
     stop = T + first_steps[eos]
     assert ours[0, stop] == eos and (ours[0, stop + 1 :] == model.config.pad_token_id).all()
-    for row in (1, 2):  # rows that did not produce eos are exactly the free run
-        if eos not in free[row, T : ours.shape[1]]:
-            np.testing.assert_array_equal(ours[row], free[row, : ours.shape[1]])
+    for row in (1, 2):  # rows that never produce eos run on to max_new_tokens, exactly as the free run
+        assert eos not in free[row, T:], f"row {row} produces the eos itself: choose another prompt"
+        np.testing.assert_array_equal(ours[row], free[row])
+    assert ours.shape == free.shape
 
 
 def test_a_row_in_a_padded_batch_equals_the_row_alone(pair):
@@ -141,19 +142,6 @@ def test_sample_draws_follow_the_distribution():
     draws = gen.sample(scores, np.random.default_rng(0))
     freq = np.bincount(draws, minlength=4) / len(draws)
     assert np.max(np.abs(freq - probs)) < 0.015 and freq[3] == 0
-
-
-def test_stream_text_holds_back_split_multibyte_characters():
-    text = "naïve café 日本 🙂!"
-    byte_tokens = list(text.encode("utf-8"))  # one token per byte, as byte-fallback tokens are
-
-    def decode(ids):
-        return bytes(ids).decode("utf-8", errors="replace")
-
-    pieces = list(stream_text(([t] for t in byte_tokens), decode))
-    assert "".join(pieces) == text
-    assert all("\ufffd" not in p for p in pieces)
-    assert "日" in pieces and "🙂" in pieces  # a 3- and a 4-byte character, each yielded whole
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,214 @@
+"""The chat template (minillava.loading.chat_template, through the processor's apply_chat_template) against
+Transformers' LlavaProcessor: the native llava-1.5 renderer and the Jinja one give Transformers' prompt on every
+conversation tried here, other templates go through Jinja, where a folder's template comes from, bad
+conversations."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from minillava.loading import chat_template as mp
+from minillava.loading.processor import load_processor
+
+from ..fixtures import tiny_tokenizer as tiny
+from .processor_folders import assert_same_inputs, small_images
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """hf(folder, **kwargs) -> Transformers' LlavaProcessor.from_pretrained(folder, **kwargs), PIL backend."""
+    return tiny.reference_processor
+
+
+IMAGE, TEXT = {"type": "image"}, lambda s: {"type": "text", "text": s}
+
+CONVERSATIONS = {
+    "single turn with image": [{"role": "user", "content": [IMAGE, TEXT("What is shown in the image?")]}],
+    "text before image": [{"role": "user", "content": [TEXT("Describe"), IMAGE]}],
+    "multi-turn": [
+        {"role": "user", "content": [IMAGE, TEXT("What is shown?")]},
+        {"role": "assistant", "content": [TEXT("A red car.")]},
+        {"role": "user", "content": [TEXT("And the house?")]},
+        {"role": "assistant", "content": [TEXT("It is blue.")]},
+    ],
+    "several images": [{"role": "user", "content": [IMAGE, TEXT("Compare"), IMAGE, TEXT("these."), IMAGE]}],
+    "system message": [
+        {"role": "system", "content": [TEXT("You are a helpful assistant.")]},
+        {"role": "user", "content": [IMAGE, TEXT("Count the cats.")]},
+    ],
+    "non-ascii and newlines": [{"role": "user", "content": [TEXT("café?\nyes 🎈")]}],
+    "openai image_url": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}, TEXT("hi")]}],
+}
+
+
+@pytest.mark.parametrize("case", CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("use_jinja", [False, True])
+def test_chat_template_matches_transformers(folders, hf, case, add_generation_prompt, use_jinja):
+    conversation = CONVERSATIONS[case]
+    expected = _hf_processor(hf, folders["llama"]).apply_chat_template(
+        conversation, add_generation_prompt=add_generation_prompt
+    )
+    ours = load_processor(folders["llama"])
+    assert ours.apply_chat_template(conversation, add_generation_prompt, use_jinja=use_jinja) == expected
+
+
+_HF_CACHE = {}
+
+
+def _hf_processor(hf, folder):
+    if folder not in _HF_CACHE:
+        _HF_CACHE[folder] = hf(folder)
+    return _HF_CACHE[folder]
+
+
+def test_chat_template_prompt_tokenizes_like_transformers(folders, hf):
+    ours, theirs = load_processor(folders["llama"]), _hf_processor(hf, folders["llama"])
+    conversation = CONVERSATIONS["several images"]
+    prompt = ours.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == "USER: <image>\n<image>\n<image>\nCompare these. ASSISTANT:"
+    images = small_images(3)
+    assert_same_inputs(ours(images=images, text=prompt), theirs(images=images, text=prompt, return_tensors="np"))
+    batch = ours.apply_chat_template([CONVERSATIONS["multi-turn"], CONVERSATIONS["system message"]], True)
+    assert batch == [ours.apply_chat_template(CONVERSATIONS[c], True) for c in ("multi-turn", "system message")]
+
+
+def test_string_content(folders, hf):
+    """A string content is one text part for the native renderer. Transformers' llava-1.5 template only reads
+    typed parts and renders nothing for it; the Jinja path reproduces that exactly."""
+    theirs, ours = _hf_processor(hf, folders["llama"]), load_processor(folders["llama"])
+    as_string = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is shown?"}]
+    as_parts = [{"role": m["role"], "content": [TEXT(m["content"])]} for m in as_string]
+    native = ours.apply_chat_template(as_string, add_generation_prompt=True)
+    assert native == theirs.apply_chat_template(as_parts, add_generation_prompt=True)
+    assert native == "Be brief. USER: What is shown? ASSISTANT:"
+    transformers_string = theirs.apply_chat_template(as_string, add_generation_prompt=True)
+    assert transformers_string == "USER: ASSISTANT:"
+    assert ours.apply_chat_template(as_string, add_generation_prompt=True, use_jinja=True) == transformers_string
+
+
+def test_other_templates_go_through_jinja(folders, hf):
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['content'] is string %}{{ m['role'] }}: {{ m['content'] }}\n"
+        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] | tojson }}"
+        "{% endif %}{% endfor %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    theirs, ours = _hf_processor(hf, folders["llama"]), load_processor(folders["llama"])
+    ours.chat_template = template
+    assert not mp.is_llava_15_template(template)
+    for conversation in (CONVERSATIONS["multi-turn"], [{"role": "user", "content": "café ☕"}]):
+        for add in (True, False):
+            expected = theirs.apply_chat_template(conversation, chat_template=template, add_generation_prompt=add)
+            assert ours.apply_chat_template(conversation, add) == expected
+
+
+def test_template_recognition():
+    assert mp.is_llava_15_template(tiny.LLAVA_15_CHAT_TEMPLATE)
+    assert mp.is_llava_15_template(mp.LLAVA_15_CHAT_TEMPLATE_PLAIN)
+    spaced = tiny.LLAVA_15_CHAT_TEMPLATE.replace("{% for", "{%  for").replace("'].upper()", "'] .upper()") + "\n"
+    assert mp.is_llava_15_template(spaced)
+    assert not mp.is_llava_15_template(tiny.LLAVA_15_CHAT_TEMPLATE.replace("'ASSISTANT:'", "'ASSISTANT: '"))
+    assert not mp.is_llava_15_template(tiny.LLAVA_15_CHAT_TEMPLATE.replace("<image>\n", "<image>"))
+    # The equivalent older form renders like the current one.
+    for conversation in CONVERSATIONS.values():
+        for add in (True, False):
+            assert mp.render_jinja(mp.LLAVA_15_CHAT_TEMPLATE_PLAIN, conversation, add) == mp.render_llava_15(
+                conversation, add
+            )
+
+
+def test_native_renderer_needs_no_jinja(folders, monkeypatch):
+    ours = load_processor(folders["llama"])
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # import jinja2 now raises ImportError
+    assert ours.apply_chat_template(CONVERSATIONS["single turn with image"], True).endswith("ASSISTANT:")
+    ours.chat_template = "{{ messages[0]['content'] }}"
+    with pytest.raises(ImportError, match="install jinja2"):
+        ours.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_chat_template_precedence(folders, hf, tmp_path):
+    """processor_config.json's key > chat_template.json > chat_template.jinja (Transformers 5.24); minillava
+    falls back on tokenizer_config.json's template, where Transformers' processor has none."""
+    folder = shutil.copytree(folders["llama"], tmp_path / "both")
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "from json"}))
+    (folder / "chat_template.jinja").write_text("from jinja")
+    assert load_processor(folder).chat_template == hf(folder).chat_template == "from json"
+    (folder / "chat_template.json").unlink()
+    assert load_processor(folder).chat_template == hf(folder).chat_template == "from jinja"
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps({**config, "chat_template": "from processor_config"}))
+    assert load_processor(folder).chat_template == hf(folder).chat_template == "from processor_config"
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink()
+    assert load_processor(folder).chat_template is None
+    with pytest.raises(ValueError, match="no chat template"):
+        load_processor(folder).apply_chat_template(CONVERSATIONS["single turn with image"])
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": "from tokenizer"}))
+    assert load_processor(folder).chat_template == "from tokenizer"
+
+
+def test_bad_conversations(folders):
+    processor = load_processor(folders["llama"])
+    bad = {
+        "non-empty list": [],
+        "unknown role": [{"role": "robot", "content": "hi"}],
+        "has no 'content'": [{"role": "user"}],
+        "has no 'role'": [{"content": "hi"}],
+        "must be a dict": ["hello"],
+        "'type' 'text' or 'image'": [{"role": "user", "content": [{"type": "video"}]}],
+        "no string 'text'": [{"role": "user", "content": [{"type": "text"}]}],
+        "string or a list of parts": [{"role": "user", "content": 42}],
+    }
+    for message, conversation in bad.items():
+        with pytest.raises(ValueError, match=message):
+            processor.apply_chat_template(conversation)
+    with pytest.raises(ValueError, match="non-empty list"):
+        processor.apply_chat_template([], use_jinja=True)
+
+
+def random_conversations(n, seed=0):
+    """n conversations of every shape the llava-1.5 format meets: an optional system message, 1-4 turns that
+    may end on either side, each message with 0-3 images and 1-3 texts in any order (OpenAI image_url parts too),
+    texts with spaces at the ends, newlines, non-ASCII and template-looking characters."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["What", "is", "shown?", " lead ", "trail ", "café", "🎈", "{{ x }}", "{% if %}", "\n", "ASSISTANT:", "<s>"]
+
+    def text():
+        return TEXT("".join(rng.choice(words) + rng.choice(["", " "]) for _ in range(rng.randint(1, 5))))
+
+    def image():
+        return IMAGE if rng.random() < 0.8 else {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+
+    for _ in range(n):
+        messages = [{"role": "system", "content": [text()]}] if rng.random() < 0.3 else []
+        for turn in range(rng.randint(1, 4)):
+            role = "user" if turn % 2 == 0 else "assistant"
+            parts = [image() for _ in range(rng.randint(0, 3) if role == "user" else 0)]
+            parts += [text() for _ in range(rng.randint(1, 3))]
+            rng.shuffle(parts)
+            messages.append({"role": role, "content": parts})
+        yield messages
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_native_and_jinja_renderers_agree(add_generation_prompt):
+    """The two renderers of llava-1.5's template (the native reference and Jinja, which Transformers runs) give the
+    same prompt on every conversation this suite tries with typed content parts: the named cases above and 300
+    random ones. Their one difference is by design: a plain-string content is one text part for the native
+    renderer and nothing for the template (test_string_content)."""
+    pytest.importorskip("jinja2")
+    tried = list(CONVERSATIONS.values()) + list(random_conversations(300))
+    for conversation in tried:
+        native = mp.render_llava_15(conversation, add_generation_prompt)
+        for template in (tiny.LLAVA_15_CHAT_TEMPLATE, mp.LLAVA_15_CHAT_TEMPLATE_PLAIN):
+            assert mp.render_jinja(template, conversation, add_generation_prompt) == native, conversation
+    as_string = [{"role": "user", "content": "What is shown?"}]
+    as_parts = [{"role": "user", "content": [TEXT("What is shown?")]}]
+    assert mp.render_llava_15(as_string, add_generation_prompt) == mp.render_jinja(
+        tiny.LLAVA_15_CHAT_TEMPLATE, as_parts, add_generation_prompt
+    )

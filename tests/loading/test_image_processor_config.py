@@ -1,0 +1,165 @@
+"""The image processor's settings (minillava.loading.preprocess.load_image_processor_config) from every file form a
+checkpoint folder has: preprocessor_config.json (4.x and older saves), processor_config.json with the image
+processor nested (5.x), both, neither; each checked against the pixel_values Transformers' AutoImageProcessor
+(PIL backend) gives for the same folder."""
+
+import json
+import warnings
+
+import pytest
+
+from minillava.loading.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageProcessorConfig,
+    image_processor_config_from_dict,
+    load_image_processor_config,
+    preprocess,
+)
+
+from .images import LLAVA, assert_same, photo_at
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """The Transformers PIL-backend classes (imported once; they are slow to import)."""
+    import transformers
+
+    return transformers
+
+
+def _tokenizer(hf):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 3, "USER": 4, "ASSISTANT": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = hf.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    wrapped.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return wrapped
+
+
+def save_llava_processor(hf, folder, **image_settings):
+    """A 5.x processor folder: processor_config.json with the image processor nested, written by Transformers."""
+    image_processor = hf.LlavaImageProcessorPil(**image_settings)
+    processor = hf.LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=_tokenizer(hf),
+        patch_size=14,
+        vision_feature_select_strategy="default",
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def auto_reference(hf, folder, image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The PIL backend, which minillava follows: with torchvision installed, the default is the
+        # torchvision backend, whose resize is not PIL's.
+        processor = hf.AutoImageProcessor.from_pretrained(folder, backend="pil")
+    assert processor.backend == "pil"
+    return processor, processor(image, return_tensors="np")["pixel_values"]
+
+
+def test_defaults_are_clip_image_processor_defaults(hf):
+    default = ImageProcessorConfig()
+    clip = hf.CLIPImageProcessorPil()
+    assert (default.size, default.crop_size) == (clip.size.shortest_edge, (clip.crop_size.height, clip.crop_size.width))
+    assert default.image_mean == tuple(clip.image_mean) == CLIP_MEAN
+    assert default.image_std == tuple(clip.image_std) == CLIP_STD
+    assert default.resample == int(clip.resample) == 3
+    assert default.rescale_factor == clip.rescale_factor
+    for flag in ["do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"]:
+        assert getattr(default, flag) is getattr(clip, flag) is True
+    assert default.do_pad is False and not hf.LlavaImageProcessorPil().do_pad
+
+
+def test_preprocessor_config_json(hf, tmp_path):
+    hf.CLIPImageProcessorPil(**LLAVA).save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preprocessor_config.json"]
+    config = load_image_processor_config(tmp_path)
+    assert config == ImageProcessorConfig(size=336, crop_size=(336, 336))
+    image = photo_at("coffee", (640, 480))
+    assert_same(preprocess(image, config), auto_reference(hf, tmp_path, image)[1])
+
+
+def test_processor_config_json(hf, tmp_path):
+    save_llava_processor(hf, tmp_path, **LLAVA, do_pad=True)
+    assert not (tmp_path / "preprocessor_config.json").exists()
+    assert "image_processor" in json.loads((tmp_path / "processor_config.json").read_text())
+    config = load_image_processor_config(tmp_path)
+    assert config == ImageProcessorConfig(size=336, crop_size=(336, 336), do_pad=True)
+    image = photo_at("camera", (640, 480))
+    assert_same(preprocess(image, config), auto_reference(hf, tmp_path, image)[1])
+
+
+def test_both_configs_nested_one_wins(hf, tmp_path):
+    save_llava_processor(hf, tmp_path, **LLAVA, do_pad=True)
+    hf.CLIPImageProcessorPil(size={"shortest_edge": 200}, crop_size={"height": 200, "width": 200}).save_pretrained(
+        tmp_path
+    )
+    config = load_image_processor_config(tmp_path)
+    assert (config.size, config.crop_size, config.do_pad) == (336, (336, 336), True)
+    image = photo_at("chelsea", (451, 300))
+    processor, want = auto_reference(hf, tmp_path, image)
+    assert processor.do_pad and want.shape == (1, 3, 336, 336)
+    assert_same(preprocess(image, config), want)
+
+
+def test_processor_config_without_image_processor_falls_back(hf, tmp_path):
+    hf.CLIPImageProcessorPil(size={"shortest_edge": 200}, crop_size={"height": 180, "width": 200}).save_pretrained(
+        tmp_path
+    )
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaProcessor", "patch_size": 14}))
+    config = load_image_processor_config(tmp_path)
+    assert (config.size, config.crop_size) == (200, (180, 200))
+    image = photo_at("rocket", (640, 427))
+    assert_same(preprocess(image, config), auto_reference(hf, tmp_path, image)[1])
+
+
+def test_neither_config(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as caught:
+        load_image_processor_config(tmp_path)
+    for name in [str(tmp_path), "preprocessor_config.json", "processor_config.json"]:
+        assert name in str(caught.value)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"patch_size": 14}))  # no image_processor entry
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        load_image_processor_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # every field omitted: CLIP defaults
+        {"size": {"height": 300, "width": 200}, "crop_size": {"height": 256, "width": 192}},
+        {"size": 336, "crop_size": 336},  # legacy ints: shortest edge, square crop
+        {"size": 256, "default_to_square": True, "crop_size": [224, 200]},
+        {"do_pad": True, "do_center_crop": False, "size": {"height": 224, "width": 224}},  # CLIP's do_pad: batch pad
+        {"image_mean": 0.5, "image_std": 0.25, "resample": 2, "do_convert_rgb": False},
+    ],
+    ids=["omitted", "height-width", "int-sizes", "default-to-square", "clip-do-pad", "scalar-mean"],
+)
+def test_config_forms_match_auto_image_processor(hf, tmp_path, settings):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "CLIPImageProcessor", **settings})
+    )
+    config = load_image_processor_config(tmp_path)
+    assert not config.do_pad
+    for image in [photo_at("coffee", (640, 480)), photo_at("coffee", (13, 7))]:
+        assert_same(preprocess(image, config), auto_reference(hf, tmp_path, image)[1])
+
+
+def test_height_width_form_is_an_exact_resize():
+    config = image_processor_config_from_dict({"size": {"height": 300, "width": 200}})
+    assert (config.size, config.size_hw) == (200, (300, 200))
+
+
+def test_unsupported_size_form():
+    with pytest.raises(ValueError, match="size"):
+        image_processor_config_from_dict({"size": {"shortest_edge": 336, "longest_edge": 672}})
+    with pytest.raises(ValueError, match="crop_size"):
+        image_processor_config_from_dict({"crop_size": {"shortest_edge": 336}})

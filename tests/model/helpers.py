@@ -1,0 +1,72 @@
+"""What the model tests share: inputs built for a config, Transformers' logits on them, and the error measures.
+
+Tolerances (float32): each module's output within 1e-5 of the reference's largest magnitude; logits within
+1e-4 of theirs. Logits are compared at real (non-padding) positions: a padding query attends to nothing, and
+what a framework puts there is arbitrary.
+"""
+
+import numpy as np
+import torch
+
+TOL = 1e-5  # a small function against its torch/Transformers piece: max |ours - ref| <= TOL x max |ref|
+MODULE_TOL = 1e-5
+LOGITS_TOL = 1e-4
+
+
+def close(ours, ref):
+    """ours (float32) equals the torch/NumPy reference within TOL of its largest magnitude."""
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert ours.dtype == np.float32
+    err = np.max(np.abs(ours.astype(np.float64) - ref)) / np.max(np.abs(ref))
+    assert err <= TOL, err
+
+
+def rel_err(ours, ref):
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def make_inputs(config, rng, layout):
+    """input_ids, attention_mask, pixel_values for a left-padded batch.
+
+    layout: a list of rows, each a list of segments: an int n (n random text tokens) or "img".
+    Rows are left-padded to the longest with the pad token and attention_mask 0.
+    """
+    L, img_id = config.num_image_tokens, config.image_token_index
+    text_ids = [i for i in range(config.text.vocab_size) if i not in (img_id, config.pad_token_id)]
+    rows, n_images = [], 0
+    for segments in layout:
+        row = [1]  # BOS
+        for seg in segments:
+            if seg == "img":
+                row += [img_id] * L
+                n_images += 1
+            else:
+                row += list(rng.choice(text_ids, size=seg))
+        rows.append(row)
+    T = max(len(r) for r in rows)
+    pad = config.pad_token_id
+    input_ids = np.array([[pad] * (T - len(r)) + r for r in rows], dtype=np.int64)
+    attention_mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
+    side = config.vision.image_size
+    pixel_values = rng.standard_normal((n_images, 3, side, side)).astype(np.float32) if n_images else None
+    return input_ids, attention_mask, pixel_values
+
+
+def hf_logits(hf, input_ids, attention_mask, pixel_values):
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(attention_mask),
+            pixel_values=None if pixel_values is None else torch.from_numpy(pixel_values),
+            # Transformers 5.24 asks CLIP for the hidden states it selects with
+            # `output_hidden_states=vision_feature_layer`, which is falsy for layer 0 (then it crashes);
+            # asking for all of them sidesteps that and changes no number.
+            output_hidden_states=True,
+        )
+    return out.logits.numpy()
+
+
+BATCH = [[3, "img", 5, "img", 2], [4, "img", 6]]  # two images in row 0, one in the shorter row 1

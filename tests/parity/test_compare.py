@@ -1,0 +1,106 @@
+"""The comparison (minillava.parity.compare) finds real bugs: known mistakes are planted in minillava's forward
+with monkeypatch, and the report must name the module where each first shows; and, on hand-made traces, how
+entries are compared (real positions only, tolerances, NaN, missing entries)."""
+
+import numpy as np
+import pytest
+
+from minillava import parity
+from minillava.model.trace import activation_names
+
+from .helpers import BUGS, keep_cls, report_for, rotate_half_interleaved
+
+
+def test_a_clean_run_passes(setup):
+    report = report_for(setup)
+    assert report.passed and report.first_failure is None
+    names = [r.name for r in report.rows]
+    model = setup[0]
+    assert names == list(parity.INPUT_NAMES) + activation_names(model.config, with_images=True)
+    assert all(r.rel is not None and r.rel <= 1e-5 for r in report.rows if r.name != "lm_head")
+
+
+@pytest.mark.parametrize("plant,first", BUGS, ids=[b[0].__name__ for b in BUGS])
+def test_the_report_names_the_first_wrong_module(setup, monkeypatch, plant, first):
+    plant(monkeypatch)
+    report = report_for(setup)
+    assert not report.passed
+    assert report.first_failure.name == first
+    before = report.rows[: report.rows.index(report.first_failure)]
+    assert before and all(r.status == "ok" for r in before)
+    table = parity.format_report(report)
+    assert [line for line in table.splitlines() if "<== first failure" in line][0].startswith(first + " ")
+    assert f"the first in data-flow order is {first} " in table
+
+
+def test_a_shape_mismatch_is_a_failure_not_a_crash(setup, monkeypatch):
+    keep_cls(monkeypatch)  # [N, 1 + Np, Dv] features: the merge then refuses them, ending minillava's forward
+    report = report_for(setup)
+    row = report.first_failure
+    assert row.status == "FAIL" and "shape mismatch: candidate [3, 17, 32], reference [3, 16, 32]" in row.message
+    assert any("minillava stopped with ValueError" in note for note in report.notes)
+    missing = [r.name for r in report.rows if r.status == "missing"]
+    assert "inputs_embeds" in missing and "lm_head" in missing  # never computed, listed as missing
+    assert "language_model.embed_tokens" not in missing  # computed before the error, still compared
+
+
+def test_planted_bug_is_still_caught_at_reduced_precision_tolerances(setup, monkeypatch):
+    """The bf16 defaults are loose, but not loose enough to hide a real bug."""
+    rotate_half_interleaved(monkeypatch)
+    tol, logits_tol = parity.TOLERANCES["bfloat16"]
+    model, inputs, reference = setup
+    ours, _ = parity.minillava_trace(model, inputs)
+    report = parity.compare_traces(reference, ours, tol=tol, logits_tol=logits_tol)
+    assert report.first_failure.name == "language_model.layers.0.self_attn"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made traces
+# ---------------------------------------------------------------------------------------------
+
+
+def hand_made_traces():
+    """A reference and an equal candidate: a left-padded batch of two rows of 4 positions."""
+    rng = np.random.default_rng(0)
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]])
+    reference = {
+        "input_ids": np.array([[9, 1, 5, 6], [1, 7, 8, 2]]),
+        "attention_mask": mask,
+        "multi_modal_projector": rng.standard_normal((2, 3, 8)).astype(np.float32),
+        "language_model.layers.0.mlp": rng.standard_normal((2, 4, 8)).astype(np.float32),
+        "lm_head": rng.standard_normal((2, 4, 16)).astype(np.float32),
+    }
+    return reference, {name: value.copy() for name, value in reference.items()}
+
+
+def test_padding_positions_are_left_out_and_entries_sorted():
+    reference, candidate = hand_made_traces()
+    candidate["language_model.layers.0.mlp"][0, 0] += 100.0  # a padding position: anything goes there
+    candidate["lm_head"][0, 0] = np.nan
+    report = parity.compare_traces(reference, candidate)
+    assert report.passed, parity.format_report(report)
+    names = [r.name for r in report.rows]
+    assert names == ["input_ids", "attention_mask", "multi_modal_projector", "language_model.layers.0.mlp", "lm_head"]
+    assert "compared at the 7 real positions of 8" in report.notes[0]
+    candidate["language_model.layers.0.mlp"][0, 1, 0] += 1e-3  # a real position
+    report = parity.compare_traces(reference, candidate)
+    assert report.first_failure.name == "language_model.layers.0.mlp" and report.first_failure.rel > 1e-5
+
+
+def test_tolerances_nan_and_missing_entries():
+    reference, candidate = hand_made_traces()
+    assert parity.tolerance_for("input_ids", 1e-5, 1e-4) == 0  # inputs are compared exactly
+    assert parity.tolerance_for("lm_head", 1e-5, 1e-4) == 1e-4
+    assert parity.tolerance_for("language_model.layers.0.mlp", 1e-5, 1e-4, [("*.mlp", 0.1), ("*", 0.2)]) == 0.2
+    candidate["multi_modal_projector"] = candidate["multi_modal_projector"] * (1 + 5e-5)
+    report = parity.compare_traces(reference, candidate)
+    assert report.first_failure.name == "multi_modal_projector"
+    overridden = parity.compare_traces(reference, candidate, overrides=[("multi_*", 1e-4)])
+    assert overridden.passed
+    candidate["lm_head"][1, 2, 3] = np.nan
+    assert [r.name for r in parity.compare_traces(reference, candidate, tol=1e-3).failures()] == ["lm_head"]
+    del candidate["language_model.layers.0.mlp"]
+    report = parity.compare_traces(reference, candidate, tol=1e-3)
+    assert report.first_failure.status == "missing" and report.first_failure.message == "not in the candidate"
+    allowed = parity.compare_traces(reference, candidate, tol=1e-3, allow_missing=True)
+    assert [r.name for r in allowed.failures()] == ["lm_head"]
