@@ -32,7 +32,7 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minillava",
-        description="Ask LLaVA-1.5 (NumPy/CuPy) a question about a picture. "
+        description="Ask LLaVA (llava-1.5 or llava-interleave, in NumPy/CuPy) a question about a picture. "
         "With no arguments, the bundled demo model answers its sample pictures.",
     )
     parser.add_argument("--model", help="llava-hf checkpoint folder or hub id (default: the bundled demo model)")
@@ -83,6 +83,7 @@ def load(args, folder: Path):
             print(f"\rloading weights {percent:3d}% of {total / 1e9:.1f} GB", end="", file=sys.stderr, flush=True)
 
     try:
+        minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
         model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory,
                                      progress=progress)  # fmt: skip

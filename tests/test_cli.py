@@ -84,6 +84,69 @@ def test_chat_keeps_the_conversation(folder, picture, ours, monkeypatch, capsys)
     assert second != expected_answer(ours, picture, "And the colour?", 6)
 
 
+@pytest.fixture(scope="module")
+def interleave_folder(tiny_checkpoint):
+    """A tiny llava-interleave checkpoint (SigLIP + Qwen2) with the processor files as the hub publishes them."""
+    return tiny_checkpoint("interleave_chat", "hub", "bfloat16", False)
+
+
+def test_interleave_folder_answers_with_its_template(interleave_folder, picture, hf_model, monkeypatch, capsys):
+    """--model with a llava-interleave folder: the question goes through that folder's ChatML template (no BOS),
+    and the printed answer is Transformers' greedy answer to that prompt; --chat keeps the history in that format."""
+    import torch
+
+    from .fixtures import tiny_tokenizer
+
+    prompts = []  # the input_ids of each turn, as the CLI hands them to the model
+    stream = minillava.LlavaModel.stream
+
+    def spy(self, processor, *args, **kwargs):
+        prompts.append(np.array(kwargs["input_ids"]))
+        return stream(self, processor, *args, **kwargs)
+
+    monkeypatch.setattr(minillava.LlavaModel, "stream", spy)
+    argv = [
+        "--model",
+        str(interleave_folder),
+        "--image",
+        str(picture),
+        "-q",
+        "What is shown?",
+        "--max-new-tokens",
+        "12",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+
+    prompt = "<|im_start|>user\n<image>\nWhat is shown?<|im_end|>\n<|im_start|>assistant\n"
+    hf_processor = tiny_tokenizer.reference_processor(interleave_folder)
+    assert hf_processor.apply_chat_template([turn("What is shown?", True)], add_generation_prompt=True) == prompt
+    ref = hf_processor(images=[str(picture)], text=[prompt], return_tensors="pt")
+    np.testing.assert_array_equal(prompts[0], ref["input_ids"].numpy())
+    with torch.no_grad():
+        ref_ids = hf_model(interleave_folder).generate(**ref, max_new_tokens=12, do_sample=False)
+    answer = hf_processor.decode(ref_ids[0, ref["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert out == answer + "\n" and answer.strip()
+
+    questions = iter(["What is shown?", "And the colour?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    argv = ["--model", str(interleave_folder), "--image", str(picture), "--chat", "--max-new-tokens", "6"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out.split("\n")[0].removeprefix("llava> ").strip()
+    history = [
+        turn("What is shown?", with_image=True),
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+        turn("And the colour?"),
+    ]
+    whole = minillava.load_processor(interleave_folder).apply_chat_template(history, add_generation_prompt=True)
+    assert whole == (
+        f"<|im_start|>user\n<image>\nWhat is shown?<|im_end|>\n<|im_start|>assistant\n\n{first}<|im_end|>\n"
+        "<|im_start|>user\n\nAnd the colour?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert whole == hf_processor.apply_chat_template(history, add_generation_prompt=True)
+    np.testing.assert_array_equal(prompts[-1], hf_processor(images=[str(picture)], text=[whole])["input_ids"])
+
+
 def test_sampling_flags_and_seed_are_reproducible(folder, picture, ours, capsys):
     """--sample --temperature --seed give what the library samples with those settings (not the greedy answer),
     the same each run, and another draw with another seed."""

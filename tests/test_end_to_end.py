@@ -1,5 +1,7 @@
 """From pictures and a conversation to the answer: minillava's processor + generate against Transformers'
-LlavaProcessor + LlavaForConditionalGeneration.generate() on the same checkpoint folder."""
+LlavaProcessor + LlavaForConditionalGeneration.generate() on the same checkpoint folder, for both families:
+llava-1.5 (CLIP + Llama, its chat template and Llama tokenizer) and llava-interleave (SigLIP + Qwen2, its ChatML
+template and Qwen's byte-level tokenizer, the processor files as the hub publishes them)."""
 
 import numpy as np
 import pytest
@@ -10,10 +12,21 @@ import minillava
 
 from .fixtures import tiny_tokenizer
 
+FAMILIES = {  # family -> tiny_checkpoint(variant, layout, dtype, shard)
+    "llava-1.5": ("chat", "hub", "float16", True),
+    # as llava-interleave-qwen-0.5b-hf: the hub's key layout, bfloat16, one file
+    "llava-interleave": ("interleave_chat", "hub", "bfloat16", False),
+}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
 
 @pytest.fixture(scope="module")
-def folder(tiny_checkpoint):
-    return tiny_checkpoint("chat", "hub", "float16", True)
+def folder(tiny_checkpoint, family):
+    return tiny_checkpoint(*FAMILIES[family])
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +68,11 @@ CONVERSATIONS = [  # (conversation, how many of the photos it shows)
     ([turn("Say something in café style. 日本")], 0),
 ]
 
+PROMPT_STARTS = {"llava-1.5": "USER: <image>\n", "llava-interleave": "<|im_start|>user\n<image>\n"}
 
-def test_prompts_inputs_and_greedy_answers_equal_transformers(ours, theirs):
+
+def test_prompts_inputs_and_greedy_answers_equal_transformers(family, ours, theirs):
+    """The four conversations in one left-padded batch: prompts, inputs, greedy ids and decoded answers equal."""
     model, processor = ours
     hf, hf_processor = theirs
     images = photos()
@@ -66,11 +82,13 @@ def test_prompts_inputs_and_greedy_answers_equal_transformers(ours, theirs):
         assert prompt == hf_processor.apply_chat_template(conversation, add_generation_prompt=True)
         prompts.append(prompt)
         batch_images += images[:n_images]
+    assert prompts[0].startswith(PROMPT_STARTS[family])
 
     inputs = processor(images=batch_images, text=prompts, padding=True)
     ref = hf_processor(images=batch_images, text=prompts, padding=True, return_tensors="pt")
     for key in ("input_ids", "attention_mask", "pixel_values"):
         np.testing.assert_array_equal(inputs[key], ref[key].numpy(), err_msg=key)
+    assert (inputs["attention_mask"][:, 0] == 0).any()  # left-padded
 
     ids = model.generate(**inputs, max_new_tokens=48)
     with torch.no_grad():
@@ -78,9 +96,28 @@ def test_prompts_inputs_and_greedy_answers_equal_transformers(ours, theirs):
     np.testing.assert_array_equal(ids, ref_ids)
 
     T = inputs["input_ids"].shape[1]
+    assert len({tuple(row) for row in ids[:, T:].tolist()}) == len(prompts)  # answers that differ: a real test
     for skip in (True, False):
         answers = processor.batch_decode(ids[:, T:], skip_special_tokens=skip)
         assert answers == hf_processor.batch_decode(ref_ids[:, T:], skip_special_tokens=skip)
+
+
+@pytest.mark.parametrize("case", range(len(CONVERSATIONS)), ids=["one-image", "two-images", "multi-turn", "text-only"])
+def test_each_conversation_alone_equals_transformers(case, ours, theirs):
+    """Each conversation alone (no padding): one image, two images in one prompt, a multi-turn one, text only."""
+    model, processor = ours
+    hf, hf_processor = theirs
+    conversation, n_images = CONVERSATIONS[case]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    images = photos()[:n_images] or None
+    inputs = processor(images=images, text=[prompt])
+    ref = hf_processor(images=images, text=[prompt], return_tensors="pt")
+    for key in inputs:
+        np.testing.assert_array_equal(inputs[key], ref[key].numpy(), err_msg=key)
+    ids = model.generate(**inputs, max_new_tokens=24)
+    with torch.no_grad():
+        ref_ids = hf.generate(**ref, max_new_tokens=24, do_sample=False).numpy()
+    np.testing.assert_array_equal(ids, ref_ids)
 
 
 def test_streamed_text_is_the_decoded_answer(ours):
@@ -95,14 +132,15 @@ def test_streamed_text_is_the_decoded_answer(ours):
 
 
 def test_streaming_spelled_in_bytes_yields_whole_characters(ours):
-    """Ω, 한국 and ✓ are not in the tiny tokenizer's vocabulary: they come as runs of byte tokens, and a
-    character is yielded only once all its bytes are there."""
+    """Ω, 한국 and ✓ are not in either tiny tokenizer's vocabulary: they come as runs of byte tokens (byte fallback
+    in the Llama tokenizer, single bytes in Qwen's byte-level one), and a character is yielded only once all its
+    bytes are there."""
     from minillava.loading.processor import stream_text
 
     _, processor = ours
     text = "a café in 日本 🙂 ok, Ωmega 한국 ✓"
     ids = processor.tokenizer.encode(text, add_special_tokens=False).ids
-    assert sum(i in processor.byte_token_ids for i in ids) >= 12
+    assert sum("\ufffd" in processor.decode([i]) for i in ids) >= 12  # tokens that are not whole characters
     pieces = list(stream_text(([i] for i in ids), processor.decode, processor.byte_token_ids))
     assert "".join(pieces) == processor.decode(ids) == text
     assert all("\ufffd" not in piece for piece in pieces)

@@ -1,9 +1,10 @@
-"""The real llava-1.5-7b-hf: its published config resolves to the real model, and, when the environment
-points to a downloaded copy (MINILLAVA_LLAVA_7B=/path/to/llava-1.5-7b-hf), minillava's logits equal
-Transformers' on it.
+"""The real checkpoints: their published configs resolve to the real models, and, when the environment points
+to a downloaded copy, minillava's outputs equal Transformers' on it.
 
-The opt-in comparison needs the 14 GB folder and about 45 GB of RAM (Transformers holds the model in
-float32, 28 GB; minillava keeps its float16 weights memory-mapped with low_memory=True).
+- llava-1.5-7b-hf (MINILLAVA_LLAVA_7B=/path/to/llava-1.5-7b-hf): the 14 GB folder and about 45 GB of RAM
+  (Transformers holds the model in float32, 28 GB; minillava keeps its float16 weights memory-mapped).
+- llava-interleave-qwen-0.5b-hf (MINILLAVA_LLAVA_INTERLEAVE=/path/to/llava-interleave-qwen-0.5b-hf): the 1.7 GB
+  folder and about 8 GB of RAM (each side holds the 864 million parameters in float32, 3.5 GB).
 """
 
 import os
@@ -17,6 +18,8 @@ from minillava.loading.weights import expected_shapes
 
 DATA = Path(__file__).parent / "data" / "llava-1.5-7b-hf"
 REAL_7B = os.environ.get("MINILLAVA_LLAVA_7B")
+REAL_INTERLEAVE = os.environ.get("MINILLAVA_LLAVA_INTERLEAVE")
+INTERLEAVE_DATA = Path(__file__).parent / "data" / "llava-interleave-qwen-0.5b-hf"
 
 
 def test_published_config_has_the_real_parameter_count():
@@ -64,3 +67,46 @@ def test_real_llava_1_5_7b_logits_match_transformers():
     err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
     assert err <= 1e-4, err
     assert ours[0, -1].argmax() == ref[0, -1].argmax(), "greedy next token differs"
+
+
+@pytest.mark.skipif(
+    not REAL_INTERLEAVE,
+    reason="set MINILLAVA_LLAVA_INTERLEAVE to a downloaded llava-hf/llava-interleave-qwen-0.5b-hf folder to run it",
+)
+def test_real_llava_interleave_0_5b_matches_transformers():
+    """The folder's small files are the ones checked in as test data; the processor's outputs, the logits and 24
+    greedy tokens equal Transformers' on a photo with the folder's own chat template."""
+    import json
+
+    import torch
+    from PIL import Image
+    from skimage import data
+    from transformers import AutoImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    folder = Path(REAL_INTERLEAVE)
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json"):
+        assert json.loads((folder / name).read_text()) == json.loads((INTERLEAVE_DATA / name).read_text()), name
+
+    model, processor = minillava.load_model(folder), minillava.load_processor(folder)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    photo = Image.fromarray(data.chelsea())
+    inputs = processor(images=[photo], text=[prompt])
+    theirs_processor = LlavaProcessor.from_pretrained(
+        folder, image_processor=AutoImageProcessor.from_pretrained(folder, backend="pil")
+    )
+    assert theirs_processor.apply_chat_template(conversation, add_generation_prompt=True) == prompt
+    theirs = theirs_processor(images=[photo], text=[prompt], return_tensors="np")
+    np.testing.assert_array_equal(inputs["input_ids"], theirs["input_ids"])
+    np.testing.assert_array_equal(inputs["pixel_values"], theirs["pixel_values"])
+
+    ours = model.forward(**inputs)
+    ids = model.generate(**inputs, max_new_tokens=24)
+    hf = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    pt = {name: torch.from_numpy(value) for name, value in inputs.items()}
+    with torch.no_grad():
+        ref = hf(**pt).logits.numpy()
+        ref_ids = hf.generate(**pt, max_new_tokens=24, do_sample=False).numpy()
+    err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
+    assert err <= 1e-4, err
+    np.testing.assert_array_equal(ids, ref_ids)

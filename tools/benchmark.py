@@ -3,6 +3,7 @@
 
 Usage:
     python tools/benchmark.py                      # llava-1.5-7b widths, 2 text + 2 CLIP layers, 1 thread
+    python tools/benchmark.py --config tests/data/llava-interleave-qwen-0.5b-hf   # a published config, all layers
     python tools/benchmark.py --threads 2 --json /tmp/bench.json
     python tools/benchmark.py --device cuda --dtype float16   # on a GPU, in the checkpoint's precision
     python tools/benchmark.py --smoke              # a tiny model, 1 round: checks that the script runs
@@ -10,7 +11,10 @@ Usage:
 What it does: builds a random ``LlavaForConditionalGeneration`` with llava-1.5-7b's widths (text
 hidden 4096, MLP 11008, 32 heads, vocab 32064; CLIP-L/14 at 336 px, so 576 image tokens) but only a
 few layers, saves it once in float16 as the real checkpoint is (under ``.fixtures/bench-*``), then
-times three phases on one image and a prompt of ~600 tokens (the 576 image tokens included), batch 1:
+times three phases on one image and a prompt of ~600 tokens (the 576 image tokens included), batch 1.
+With ``--config`` the model is the one a published config.json describes (every layer, unless
+``--text-layers`` / ``--vision-layers`` say otherwise), saved in that file's ``torch_dtype``: e.g.
+llava-interleave-qwen-0.5b at full size, SigLIP at 384 px (729 image tokens) and its 24-layer Qwen2:
 
     image encode   CLIP up to the selected layer + projector
                    (minillava ``encode_image``, Transformers ``model.model.get_image_features``)
@@ -124,12 +128,33 @@ TEXT_TOKENS = 24  # prompt tokens besides the image tokens: 576 + 24 = 600 at ll
 # ---------------------------------------------------------------------------------------------
 
 
-def llava_config(smoke: bool, text_layers: int, vision_layers: int, vision_feature_layer: int) -> dict:
-    cfg = json.loads(json.dumps(TINY if smoke else LLAVA_7B))
-    cfg["text_config"]["num_hidden_layers"] = text_layers
-    cfg["vision_config"]["num_hidden_layers"] = vision_layers
-    cfg["vision_feature_layer"] = vision_feature_layer
+def llava_config(args) -> dict:
+    """The benchmark model's LlavaConfig kwargs: a published config.json (``--config``, a file or its folder) or
+    llava-1.5-7b's widths (tiny ones with ``--smoke``), with the layer counts the command line gives."""
+    if args.config:
+        path = Path(args.config)
+        cfg = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+    else:
+        cfg = json.loads(json.dumps(TINY if args.smoke else LLAVA_7B))
+        cfg["text_config"]["num_hidden_layers"] = 2
+        cfg["vision_config"]["num_hidden_layers"] = 2
+        cfg["vision_feature_layer"] = -2
+    for key, value in (("text_config", args.text_layers), ("vision_config", args.vision_layers)):
+        if value is not None:
+            cfg[key]["num_hidden_layers"] = value
+    if args.vision_feature_layer is not None:
+        cfg["vision_feature_layer"] = args.vision_feature_layer
     return cfg
+
+
+def model_name(cfg: dict, args) -> str:
+    if args.config:
+        return Path(args.config).resolve().name.removesuffix(".json")
+    return "tiny (--smoke)" if args.smoke else "llava-1.5-7b widths"
+
+
+def is_siglip(cfg: dict) -> bool:
+    return cfg["vision_config"].get("model_type") == "siglip_vision_model"
 
 
 def ensure_checkpoint(cfg: dict, folder: Path) -> Path:
@@ -142,8 +167,8 @@ def ensure_checkpoint(cfg: dict, folder: Path) -> Path:
 
     print(f"building a random model in {folder} (once) ...", flush=True)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(LlavaConfig(**cfg)).eval()  # Transformers' own random init
-    model.to(torch.float16).save_pretrained(folder)
+    model = LlavaForConditionalGeneration(LlavaConfig(**json.loads(json.dumps(cfg)))).eval()  # its own random init
+    model.to(getattr(torch, cfg.get("torch_dtype", "float16"))).save_pretrained(folder)  # the published file's dtype
     stamp.write_text(json.dumps(cfg))
     return folder
 
@@ -152,13 +177,15 @@ def make_inputs(cfg: dict, seed: int = 0):
     """One random image and a prompt: BOS, a few text tokens, the image tokens, the rest of the text."""
     import numpy as np
 
+    from minillava.loading.config import config_from_dict
+
     rng = np.random.default_rng(seed)
-    vision, text = cfg["vision_config"], cfg["text_config"]
-    side = vision["image_size"]
-    n_image = (side // vision["patch_size"]) ** 2  # "default" strategy: CLS dropped
+    resolved = config_from_dict(cfg)
+    side, n_image = resolved.vision.image_size, resolved.num_image_tokens  # 336, 576 for llava-1.5-7b
     pixel_values = rng.standard_normal((1, 3, side, side), dtype=np.float32)  # [1, 3, S, S]
-    special = {cfg["image_token_index"], cfg["pad_token_id"]}
-    words = [int(t) for t in rng.integers(2, text["vocab_size"], size=4 * TEXT_TOKENS) if int(t) not in special]
+    special = {cfg["image_token_index"], cfg.get("pad_token_id")}
+    vocab = resolved.text.vocab_size
+    words = [int(t) for t in rng.integers(2, vocab, size=4 * TEXT_TOKENS) if int(t) not in special]
     before, after = words[:4], words[4 : TEXT_TOKENS - 1]  # "USER: <image>\n...? ASSISTANT:"-like split
     ids = [1, *before, *[cfg["image_token_index"]] * n_image, *after]
     return np.asarray([ids], dtype=np.int64), pixel_values  # [1, T], [1, 3, S, S]
@@ -169,10 +196,11 @@ def long_prompt(cfg: dict, length: int, seed: int = 1):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    special = {cfg["image_token_index"], cfg["pad_token_id"]}
-    words = [
-        int(t) for t in rng.integers(2, cfg["text_config"]["vocab_size"], size=2 * length) if int(t) not in special
-    ]
+    from minillava.loading.config import config_from_dict
+
+    special = {cfg["image_token_index"], cfg.get("pad_token_id")}
+    vocab = config_from_dict(cfg).text.vocab_size
+    words = [int(t) for t in rng.integers(2, vocab, size=2 * length) if int(t) not in special]
     return np.asarray([[1, *words[: length - 1]]], dtype=np.int64)  # [1, length]
 
 
@@ -271,9 +299,12 @@ def run_minillava(folder: Path, args) -> dict:
     from minillava.loading.preprocess import ImageProcessorConfig, preprocess
 
     image = photo()
-    settings = ImageProcessorConfig(
-        size=cfg["vision_config"]["image_size"], crop_size=(cfg["vision_config"]["image_size"],) * 2
-    )
+    side = cfg["vision_config"]["image_size"]
+    settings = ImageProcessorConfig(size=side, crop_size=(side, side))  # llava-1.5's: shortest edge, center crop
+    if is_siglip(cfg):  # llava-interleave's: an exact resize to the square, no crop, mean = std = 0.5
+        half = (0.5, 0.5, 0.5)
+        settings = ImageProcessorConfig(size=side, crop_size=(side, side), size_hw=(side, side), do_center_crop=False,
+                                        image_mean=half, image_std=half)  # fmt: skip
     preprocess_s, _ = timed(lambda: preprocess([image], settings), 5 * args.repeats)
     encode_s, _ = timed(lambda: model.encode_image(pixel_values), args.repeats, sync)
 
@@ -346,10 +377,13 @@ def run_transformers(folder: Path, args) -> dict:
         )
         return int(out.logits[0, -1].argmax()), getattr(out, cache_arg)
 
-    from transformers import CLIPImageProcessorPil
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
     side = cfg["vision_config"]["image_size"]
-    processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    if is_siglip(cfg):
+        processor = SiglipImageProcessorPil(size={"height": side, "width": side})
+    else:
+        processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     image = photo()
     preprocess_s, _ = timed(lambda: processor(images=[image], return_tensors="np"), 5 * args.repeats)
 
@@ -459,8 +493,11 @@ def describe_blas(blas: list[dict]) -> str:
 
 
 def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
+    from minillava.loading.config import config_from_dict
+
     mini, hf = rounds[0]["minillava"], rounds[0]["transformers"]
-    text, vision = cfg["text_config"], cfg["vision_config"]
+    resolved = config_from_dict(cfg)
+    text, vision = resolved.text, resolved.vision
     outer = " ".join(f"{k}={os.environ[k]}" for k in OPENBLAS_MACHINE_VARS if k in os.environ) or "neither set"
     seen = " ".join(f"{k}={v}" for k, v in mini["openblas_env"].items() if v is not None) or "neither set"
     env_note = f"here: {outer}; minillava ran with: {seen}" + (
@@ -468,10 +505,10 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
     )
     same = all(r["minillava"]["tokens"] == r["transformers"]["tokens"] for r in rounds)
     lines = [
-        f"model      {'tiny (--smoke)' if args.smoke else 'llava-1.5-7b widths'}: text {text['num_hidden_layers']} "
-        f"layers x {text['hidden_size']} (MLP {text['intermediate_size']}, vocab {text['vocab_size']}), "
-        f"CLIP {vision['num_hidden_layers']} layers x {vision['hidden_size']} at {vision['image_size']} px, "
-        f"vision_feature_layer {cfg['vision_feature_layer']} (CLIP layers run: minillava {mini['clip_layers_run']}, "
+        f"model      {model_name(cfg, args)}: text {text.num_hidden_layers} layers x {text.hidden_size} "
+        f"(MLP {text.intermediate_size}, vocab {text.vocab_size}), {'SigLIP' if is_siglip(cfg) else 'CLIP'} "
+        f"{vision.num_hidden_layers} layers x {vision.hidden_size} at {vision.image_size} px, vision_feature_layer "
+        f"{cfg['vision_feature_layer']} (vision layers run: minillava {mini['clip_layers_run']}, "
         f"Transformers {hf['clip_layers_run']})",
         f"inputs     1 image, prompt of {mini['prompt_tokens']} tokens, batch 1, {args.decode_steps} decode steps "
         f"(decode times are per token, after a prompt of that many tokens); preprocess: one 640x480 photo",
@@ -514,9 +551,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: CuPy against torch on the GPU")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="compute dtype of both")
     parser.add_argument("--long-context", type=int, default=1600, help="cache length for the decode_long phase")
-    parser.add_argument("--text-layers", type=int, default=2)
-    parser.add_argument("--vision-layers", type=int, default=2)
-    parser.add_argument("--vision-feature-layer", type=int, default=-2, help="llava-1.5 uses -2")
+    parser.add_argument("--config", help="a published config.json (or its folder): that model, every layer")
+    parser.add_argument("--text-layers", type=int, help="language model layers (default 2; --config: the file's)")
+    parser.add_argument("--vision-layers", type=int, help="vision tower layers (default 2; --config: the file's)")
+    parser.add_argument("--vision-feature-layer", type=int, help="default -2, as llava-1.5 (--config: the file's)")
     parser.add_argument(
         "--unset-openblas-coretype",
         action=argparse.BooleanOptionalAction,
@@ -538,8 +576,10 @@ def main(argv=None) -> None:
     if args.smoke:
         args.rounds, args.repeats, args.decode_steps, args.long_context = 1, 1, 2, 100
 
-    cfg = llava_config(args.smoke, args.text_layers, args.vision_layers, args.vision_feature_layer)
-    sizes = f"{'tiny' if args.smoke else '7b'}-t{args.text_layers}-v{args.vision_layers}-f{args.vision_feature_layer}"
+    cfg = llava_config(args)
+    base = Path(args.config).resolve().name.removesuffix(".json") if args.config else "tiny" if args.smoke else "7b"
+    layers = (cfg["text_config"].get("num_hidden_layers", "all"), cfg["vision_config"].get("num_hidden_layers", "all"))
+    sizes = f"{base}-t{layers[0]}-v{layers[1]}-f{cfg['vision_feature_layer']}"
     folder = ensure_checkpoint(cfg, args.cache_dir or REPO / ".fixtures" / f"bench-{sizes}")
 
     rounds, start, cpu_before = [], time.perf_counter(), cpu_seconds()

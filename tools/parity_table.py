@@ -37,6 +37,9 @@ ROWS = [
     ("rope_linear", "fresh", "float32", False),
     ("rope_llama3", "fresh", "float32", False),
     ("tied", "fresh", "float32", False),
+    ("interleave", "fresh", "float32", False),
+    ("interleave", "hub", "float16", True),
+    ("interleave", "internal", "bfloat16", False),
 ]
 
 
@@ -59,7 +62,8 @@ def llava_7b_widths() -> Path:
     """tools/benchmark.py's random model: llava-1.5-7b's widths, 2 text + 2 CLIP layers, saved in float16."""
     import benchmark
 
-    cfg = benchmark.llava_config(False, 2, 2, -2)
+    no_options = dict(config=None, smoke=False, text_layers=None, vision_layers=None, vision_feature_layer=None)
+    cfg = benchmark.llava_config(argparse.Namespace(**no_options))  # 2 text + 2 CLIP layers, feature layer -2
     return benchmark.ensure_checkpoint(cfg, tiny_llava.CACHE / "bench-7b-t2-v2-f-2")
 
 

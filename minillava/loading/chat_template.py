@@ -1,13 +1,16 @@
 """Chat templates: a conversation (a list of messages) becomes the prompt string the model was trained on.
 
-llava-1.5's template (llava-hf/llava-1.5-7b-hf's chat_template.json) is rendered in plain Python by
-``render_llava_15``: it is the reference here, because it shows the format in ten lines and needs no Jinja.
-Any other template is rendered with Jinja by ``render_jinja``, set up as Transformers' ``render_jinja_template``;
-``LlavaProcessor.apply_chat_template(..., use_jinja=True)`` renders llava-1.5's with it too. The two agree on
-every conversation with typed content parts (the suite checks this on all it tries); they differ on purpose
-for a message whose content is a plain string: the native renderer reads it as one text part, while
-Transformers' llava-1.5 template reads only typed parts and renders nothing for it (``render_jinja`` keeps
-that, to reproduce Transformers exactly).
+The two templates of the llava-hf checkpoints minillava runs are rendered in plain Python: llava-1.5's
+(llava-hf/llava-1.5-7b-hf's chat_template.json) by ``render_llava_15`` and llava-interleave's
+(llava-hf/llava-interleave-qwen-0.5b-hf's and -7b-hf's, a Qwen-style ChatML format) by
+``render_llava_interleave``. They are the reference here, because each shows its format in ten lines and needs
+no Jinja; ``native_renderer`` recognises a template by its text (``_template_signature``). Any other template is
+rendered with Jinja by ``render_jinja``, set up as Transformers' ``render_jinja_template``;
+``LlavaProcessor.apply_chat_template(..., use_jinja=True)`` renders the two known ones with it too. The native
+and Jinja renderers agree on every conversation with typed content parts (the suite checks this on all it
+tries); they differ on purpose for a message whose content is a plain string: the native renderers read it as
+one text part, while Transformers' templates read only typed parts and render nothing for it (``render_jinja``
+keeps that, to reproduce Transformers exactly).
 """
 
 from __future__ import annotations
@@ -38,6 +41,28 @@ LLAVA_15_CHAT_TEMPLATE_PLAIN = (
 )
 
 
+# The chat template of llava-hf/llava-interleave-qwen-0.5b-hf and -7b-hf (chat_template.json, 699 bytes, since the
+# hub's PR #6 added the {% generation %} branch). Rendered natively by `render_llava_interleave`.
+LLAVA_INTERLEAVE_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}{% else %}{% for content in "
+    "message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\n' + content['text'] }}"
+    "{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# The same template without the assistant branch: exactly the size (485 bytes as chat_template.json) of the file
+# the 0.5b folder had before PR #6, so most likely its text. Renders identically, so it is recognised too.
+LLAVA_INTERLEAVE_CHAT_TEMPLATE_PLAIN = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
 def render_llava_15(conversation, add_generation_prompt: bool = False) -> str:
     """The llava-1.5 prompt format, as llava-hf's chat template writes it:
 
@@ -57,6 +82,29 @@ def render_llava_15(conversation, add_generation_prompt: bool = False) -> str:
         prompt.extend(part["text"] + " " for part in parts if part["type"] == "text")
     if add_generation_prompt:
         prompt.append("ASSISTANT:")
+    return "".join(prompt)
+
+
+def render_llava_interleave(conversation, add_generation_prompt: bool = False) -> str:
+    """The llava-interleave prompt format (ChatML, as Qwen's chat models), as llava-hf's chat template writes it:
+
+        "<|im_start|>" + role + "\n" + "<image>" per image + ("\n" + text) per text + "<|im_end|>\n"  ...
+        ["<|im_start|>assistant\n" as the generation prompt]
+
+    Images of a message come first, then its texts, whatever their order in the content list; every text
+    starts on a new line (so a text-only message reads "<|im_start|>user\n\nWhat?<|im_end|>\n"); no system
+    message is added; the role is written as given (any string, as the template does). A string content counts
+    as one text part (Transformers renders nothing for it: its template only reads typed parts).
+    """
+    prompt = []
+    for message in _check_conversation(conversation, known_roles_only=False):
+        parts = _content_parts(message["content"])
+        prompt.append("<|im_start|>" + message["role"] + "\n")
+        prompt.extend("<image>" for part in parts if part["type"] == "image")
+        prompt.extend("\n" + part["text"] for part in parts if part["type"] == "text")
+        prompt.append("<|im_end|>\n")
+    if add_generation_prompt:
+        prompt.append("<|im_start|>assistant\n")
     return "".join(prompt)
 
 
@@ -93,9 +141,29 @@ def is_llava_15_template(chat_template: str) -> bool:
     return signature in (_template_signature(LLAVA_15_CHAT_TEMPLATE), _template_signature(LLAVA_15_CHAT_TEMPLATE_PLAIN))
 
 
+def is_llava_interleave_template(chat_template: str) -> bool:
+    """Whether the template is llava-interleave's, up to comments, {% generation %} tags and whitespace inside
+    tags."""
+    signature = _template_signature(chat_template)
+    return signature in (
+        _template_signature(LLAVA_INTERLEAVE_CHAT_TEMPLATE),
+        _template_signature(LLAVA_INTERLEAVE_CHAT_TEMPLATE_PLAIN),
+    )
+
+
+def native_renderer(chat_template: str):
+    """The plain-Python renderer of a known template (``render_llava_15`` or ``render_llava_interleave``), or
+    None for any other template (rendered with Jinja)."""
+    if is_llava_15_template(chat_template):
+        return render_llava_15
+    if is_llava_interleave_template(chat_template):
+        return render_llava_interleave
+    return None
+
+
 def _template_signature(template: str) -> str:
-    """Comments and {% generation %} tags removed, whitespace outside string literals removed inside tags.
-    Text outside tags is kept as is (it is output)."""
+    """Comments and {% generation %} tags removed, whitespace outside string literals removed inside tags, the
+    escape \\n inside string literals written as a newline. Text outside tags is kept as is (it is output)."""
     template = re.sub(r"\{#.*?#\}", "", template, flags=re.DOTALL)
     if template.endswith("%}\n"):  # trim_blocks drops the newline after a block tag
         template = template[:-1]
@@ -104,9 +172,14 @@ def _template_signature(template: str) -> str:
 
 
 def _strip_code_whitespace(code: str) -> str:
-    """Drop the whitespace of a Jinja tag that lies outside its quoted strings."""
-    out, quote = [], None
-    for ch in code:
+    """Drop the whitespace of a Jinja tag that lies outside its quoted strings, and write the escape \\n inside
+    them as the newline it stands for (Jinja reads '\\n' and a real newline in a string literal alike)."""
+    out, quote, chars = [], None, iter(code)
+    for ch in chars:
+        if quote and ch == "\\":  # an escape inside a string literal: \n is a newline, \' a quote
+            escaped = next(chars, "")
+            out.append("\n" if escaped == "n" else ch + escaped)
+            continue
         if quote:
             quote = None if ch == quote else quote
         elif ch in "'\"":

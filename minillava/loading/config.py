@@ -20,8 +20,8 @@ Where the defaults come from (paths inside the `transformers` package):
   keys and the 5.x `rope_parameters` dict become one set of RoPE parameters.
 
 Transformers validates less than we do in a few places (it accepts `num_key_value_heads` that do not
-divide `num_attention_heads`, out-of-range `vision_feature_layer`, image sizes that are not a multiple
-of the patch size, and unknown activations until the model is built). Those fail later, inside the
+divide `num_attention_heads`, out-of-range `vision_feature_layer`, patches larger than the image, and
+unknown activations until the model is built). Those fail later, inside the
 model, with an unhelpful message; here they fail at load time with the field and the value named.
 """
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..model.config import LlavaConfig, TextConfig, VisionConfig
+from ..model.clip import FEATURE_SELECT_STRATEGIES
+from ..model.config import LANGUAGE_MODELS, VISION_TOWERS, LlavaConfig, TextConfig, VisionConfig
 from ..model.layers import ACTIVATIONS
 from ..model.rope import ROPE_TYPES
-from ..model.vision import FEATURE_SELECT_STRATEGIES
 from .files import read_json
 
 # CLIPVisionConfig's class defaults (openai/clip-vit-base-patch32): used for the fields a
@@ -62,6 +62,21 @@ LLAVA_VISION_DEFAULTS: dict[str, Any] = {
     "patch_size": 14,
 }
 
+# SiglipVisionConfig's class defaults (google/siglip-base-patch16-224): for the fields a SigLIP
+# `vision_config` leaves out (llava-interleave's is SigLIP so400m-patch14-384, its sizes given in the file).
+SIGLIP_VISION_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 16,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+    "vision_use_head": True,
+}
+
 # LlamaConfig's class defaults (Llama-2-7b sizes). Note max_position_embeddings 2048 and rms_norm_eps
 # 1e-6: llava-1.5's config.json overrides both (4096, 1e-5). `None` for num_key_value_heads and
 # head_dim means "derive it" (LlamaConfig.__post_init__).
@@ -83,6 +98,43 @@ LLAMA_DEFAULTS: dict[str, Any] = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+
+# Qwen2Config's class defaults (models/qwen2/configuration_qwen2.py): for the fields a qwen2 `text_config`
+# leaves out. Sliding-window attention is off unless `use_sliding_window` is true (it is false in the llava
+# checkpoints; minillava refuses a config that switches it on for some layer).
+QWEN2_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 4096,
+    "intermediate_size": 22016,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "head_dim": None,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "use_sliding_window": False,
+    "sliding_window": 4096,
+    "max_window_layers": 28,
+}
+
+# Other model types a LLaVA-like folder may have, which minillava does not implement: named in the error.
+OTHER_FAMILIES = {
+    "llava_next": "LLaVA-NeXT (LlavaNextForConditionalGeneration: images cut into any-resolution tiles)",
+    "llava_next_video": "LLaVA-NeXT-Video (LlavaNextVideoForConditionalGeneration)",
+    "llava_onevision": "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration: any-resolution tiles, video)",
+    "video_llava": "Video-LLaVA (VideoLlavaForConditionalGeneration)",
+    "vipllava": "VipLLaVA (VipLlavaForConditionalGeneration)",
+    "mllama": "Llama 3.2 Vision (MllamaForConditionalGeneration: cross-attention to the image)",
+}
+SUPPORTED = (
+    "minillava supports model_type 'llava' (LlavaForConditionalGeneration): a CLIP or SigLIP vision tower "
+    "with a Llama or Qwen2 language model, as llava-1.5 and llava-interleave"
+)
 
 # RotaryEmbeddingConfigMixin.default_theta: the RoPE base when neither `rope_theta` nor a
 # `rope_theta` inside `rope_parameters` / `rope_scaling` is given.
@@ -127,16 +179,15 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
 
     model_type = d.get("model_type", "llava")
     if model_type != "llava":
-        raise top.error(
-            "model_type",
-            f"is {model_type!r}; only 'llava' (LLaVA-1.5, LlavaForConditionalGeneration) is supported",
-        )
+        family = f" ({OTHER_FAMILIES[model_type]})" if model_type in OTHER_FAMILIES else ""
+        raise top.error("model_type", f"is {model_type!r}{family}; {SUPPORTED}")
 
-    vision = _vision_config(top.subsection("vision_config", "clip_vision_model"))
-    text_section = top.subsection("text_config", "llama")
+    vision = _vision_config(top.subsection("vision_config", VISION_TOWERS))
+    text_section = top.subsection("text_config", LANGUAGE_MODELS)
+    text_defaults = QWEN2_DEFAULTS if text_section.model_type == "qwen2" else LLAMA_DEFAULTS
     tie = _bool(top, "tie_word_embeddings", LLAVA_DEFAULTS["tie_word_embeddings"])
     # LlavaConfig.__post_init__: a true text_config.tie_word_embeddings turns the top-level one on.
-    tie = tie or _bool(text_section, "tie_word_embeddings", LLAMA_DEFAULTS["tie_word_embeddings"])
+    tie = tie or _bool(text_section, "tie_word_embeddings", text_defaults["tie_word_embeddings"])
     text = _text_config(text_section, tie_word_embeddings=tie)
 
     # `image_token_id` is an alias (LlavaConfig.attribute_map); Transformers sets it after the
@@ -162,16 +213,20 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
 
 
 def _vision_config(sec: _Section) -> VisionConfig:
-    """CLIPVisionConfig: ViT-L/14-336 when `vision_config` is absent, else CLIP class defaults."""
-    defaults = LLAVA_VISION_DEFAULTS if sec.absent else CLIP_VISION_DEFAULTS
+    """CLIPVisionConfig (ViT-L/14-336 when `vision_config` is absent, else CLIP class defaults) or
+    SiglipVisionConfig (its class defaults), as `vision_config.model_type` says."""
+    siglip = sec.model_type == "siglip_vision_model"
+    defaults = SIGLIP_VISION_DEFAULTS if siglip else LLAVA_VISION_DEFAULTS if sec.absent else CLIP_VISION_DEFAULTS
     hidden = _int(sec, "hidden_size", defaults["hidden_size"])
     heads = _int(sec, "num_attention_heads", defaults["num_attention_heads"])
     if hidden % heads:
         raise sec.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
     image_size = _int(sec, "image_size", defaults["image_size"])
     patch_size = _int(sec, "patch_size", defaults["patch_size"])
-    if image_size % patch_size:
-        raise sec.error("image_size", f"({image_size}) must be a multiple of patch_size ({patch_size})")
+    if patch_size > image_size:
+        raise sec.error("patch_size", f"({patch_size}) is larger than image_size ({image_size}): no patch fits")
+    # An image_size that is no multiple of patch_size is valid: the "valid" convolution drops the pixels of the
+    # last, incomplete row and column of patches (SigLIP so400m: 384 px in 27 patches of 14 px, 6 px unused).
     return VisionConfig(
         hidden_size=hidden,
         intermediate_size=_int(sec, "intermediate_size", defaults["intermediate_size"]),
@@ -182,17 +237,25 @@ def _vision_config(sec: _Section) -> VisionConfig:
         patch_size=patch_size,
         hidden_act=_activation(sec, "hidden_act", defaults["hidden_act"]),
         layer_norm_eps=_float(sec, "layer_norm_eps", defaults["layer_norm_eps"]),
+        model_type=sec.model_type,
+        vision_use_head=_bool(sec, "vision_use_head", defaults["vision_use_head"]) if siglip else False,
     )
 
 
 def _text_config(sec: _Section, tie_word_embeddings: bool) -> TextConfig:
-    """LlamaConfig with class defaults, kv heads and head_dim derived as LlamaConfig.__post_init__ does."""
-    hidden = _int(sec, "hidden_size", LLAMA_DEFAULTS["hidden_size"])
-    heads = _int(sec, "num_attention_heads", LLAMA_DEFAULTS["num_attention_heads"])
+    """LlamaConfig or Qwen2Config (as `text_config.model_type` says) with their class defaults, kv heads and
+    head_dim derived as their __post_init__ and the attention modules do."""
+    qwen2 = sec.model_type == "qwen2"
+    defaults = QWEN2_DEFAULTS if qwen2 else LLAMA_DEFAULTS
+    hidden = _int(sec, "hidden_size", defaults["hidden_size"])
+    heads = _int(sec, "num_attention_heads", defaults["num_attention_heads"])
     # LlamaConfig.validate_architecture checks this even when head_dim is given explicitly.
     if hidden % heads:
         raise sec.error("num_attention_heads", f"({heads}) must divide hidden_size ({hidden})")
-    kv_heads = _int(sec, "num_key_value_heads", heads)
+    # An explicit null means "as many as the query heads"; an absent field takes the class default (None for
+    # Llama, which means the same; 32 for Qwen2).
+    kv_default = heads if "num_key_value_heads" in sec.data else defaults["num_key_value_heads"] or heads
+    kv_heads = _int(sec, "num_key_value_heads", kv_default)
     if heads % kv_heads:
         raise sec.error(
             "num_key_value_heads",
@@ -201,28 +264,60 @@ def _text_config(sec: _Section, tie_word_embeddings: bool) -> TextConfig:
     head_dim = _int(sec, "head_dim", hidden // heads)
     if head_dim % 2:
         raise sec.error("head_dim", f"({head_dim}) must be even: RoPE rotates pairs of channels")
-    max_positions = _int(sec, "max_position_embeddings", LLAMA_DEFAULTS["max_position_embeddings"])
+    layers = _int(sec, "num_hidden_layers", defaults["num_hidden_layers"])
+    if qwen2:
+        _check_no_sliding_window(sec, layers)
+    max_positions = _int(sec, "max_position_embeddings", defaults["max_position_embeddings"])
     rope_theta, rope_scaling = _rope(sec, max_positions)
     return TextConfig(
-        vocab_size=_int(sec, "vocab_size", LLAMA_DEFAULTS["vocab_size"]),
+        vocab_size=_int(sec, "vocab_size", defaults["vocab_size"]),
         hidden_size=hidden,
-        intermediate_size=_int(sec, "intermediate_size", LLAMA_DEFAULTS["intermediate_size"]),
-        num_hidden_layers=_int(sec, "num_hidden_layers", LLAMA_DEFAULTS["num_hidden_layers"]),
+        intermediate_size=_int(sec, "intermediate_size", defaults["intermediate_size"]),
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        hidden_act=_activation(sec, "hidden_act", LLAMA_DEFAULTS["hidden_act"]),
+        hidden_act=_activation(sec, "hidden_act", defaults["hidden_act"]),
         max_position_embeddings=max_positions,
-        rms_norm_eps=_float(sec, "rms_norm_eps", LLAMA_DEFAULTS["rms_norm_eps"]),
+        rms_norm_eps=_float(sec, "rms_norm_eps", defaults["rms_norm_eps"]),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
-        attention_bias=_bool(sec, "attention_bias", LLAMA_DEFAULTS["attention_bias"]),
-        mlp_bias=_bool(sec, "mlp_bias", LLAMA_DEFAULTS["mlp_bias"]),
+        # Qwen2Attention: q, k and v projections with biases, o_proj without (its config has no such fields).
+        attention_bias=False if qwen2 else _bool(sec, "attention_bias", defaults["attention_bias"]),
+        mlp_bias=False if qwen2 else _bool(sec, "mlp_bias", defaults["mlp_bias"]),
         tie_word_embeddings=tie_word_embeddings,
-        pad_token_id=_token_id(sec, "pad_token_id", LLAMA_DEFAULTS["pad_token_id"]),
-        bos_token_id=_token_id(sec, "bos_token_id", LLAMA_DEFAULTS["bos_token_id"]),
-        eos_token_id=_token_id(sec, "eos_token_id", LLAMA_DEFAULTS["eos_token_id"], allow_list=True),
+        pad_token_id=_token_id(sec, "pad_token_id", defaults["pad_token_id"]),
+        bos_token_id=_token_id(sec, "bos_token_id", defaults["bos_token_id"]),
+        eos_token_id=_token_id(sec, "eos_token_id", defaults["eos_token_id"], allow_list=True),
+        model_type=sec.model_type,
+        qkv_bias=qwen2,
     )
+
+
+def _check_no_sliding_window(sec: _Section, num_layers: int) -> None:
+    """Qwen2Config.__post_init__: with `use_sliding_window`, layers from `max_window_layers` on attend only to
+    the last `sliding_window` positions (unless `layer_types` says otherwise). minillava implements full
+    attention only, which is what the llava checkpoints use: any sliding layer is refused here."""
+    layer_types = sec.data.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or not all(
+            t in ("full_attention", "sliding_attention") for t in layer_types
+        ):
+            raise sec.error(
+                "layer_types", f"must be a list of 'full_attention' / 'sliding_attention', got {layer_types!r}"
+            )
+        sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
+    else:
+        on = _bool(sec, "use_sliding_window", QWEN2_DEFAULTS["use_sliding_window"])
+        window = sec.data.get("sliding_window", QWEN2_DEFAULTS["sliding_window"])
+        first = _int(sec, "max_window_layers", QWEN2_DEFAULTS["max_window_layers"], minimum=0)
+        sliding = list(range(first, num_layers)) if on and window is not None else []
+    if sliding:
+        raise sec.error(
+            "use_sliding_window",
+            f"makes layers {sliding} sliding-window attention, which minillava does not implement (the llava "
+            "checkpoints use full attention in every layer)",
+        )
 
 
 def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
@@ -303,26 +398,28 @@ def _feature_layer(sec: _Section, num_layers: int) -> int | tuple[int, ...]:
 class _Section:
     """One JSON object of the config, with its dotted name for error messages ("text_config.")."""
 
-    def __init__(self, data: dict, name: str, source: str, absent: bool = False):
+    def __init__(self, data: dict, name: str, source: str, absent: bool = False, model_type: str | None = None):
         self.data = data
         self.name = name
         self.source = source
         self.absent = absent  # True when the object was missing from the file (or null)
+        self.model_type = model_type  # a sub-config's model_type (vision_config, text_config)
 
     def error(self, key: str, problem: str) -> ValueError:
         return ValueError(f"{self.source}: `{self.name}{key}` {problem}")
 
-    def subsection(self, key: str, model_type: str) -> _Section:
-        """The sub-config `key`, which must be absent/null or an object of `model_type`."""
+    def subsection(self, key: str, model_types: tuple[str, ...]) -> _Section:
+        """The sub-config `key`, which must be absent/null (the first of `model_types`) or an object whose
+        `model_type` is one of `model_types` (absent: the first)."""
         value = self.data.get(key)
         if value is None:
-            return _Section({}, f"{key}.", self.source, absent=True)
+            return _Section({}, f"{key}.", self.source, absent=True, model_type=model_types[0])
         if not isinstance(value, dict):
             raise self.error(key, f"must be a JSON object, got {value!r}")
-        sub = _Section(value, f"{self.name}{key}.", self.source)
-        found = value.get("model_type", model_type)
-        if found != model_type:
-            raise sub.error("model_type", f"is {found!r}; LLaVA-1.5 in minillava needs {model_type!r}")
+        found = value.get("model_type", model_types[0])
+        sub = _Section(value, f"{self.name}{key}.", self.source, model_type=found)
+        if found not in model_types:
+            raise sub.error("model_type", f"is {found!r}; minillava's LLaVA knows {model_types}")
         return sub
 
 

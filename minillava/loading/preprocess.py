@@ -1,22 +1,29 @@
-"""Image -> pixel_values with Pillow + NumPy, equal to Transformers' PIL-backend CLIP image processor.
+"""Image -> pixel_values with Pillow + NumPy, equal to Transformers' PIL-backend CLIP and SigLIP image processors.
 
-The reference is `CLIPImageProcessorPil` (and `LlavaImageProcessorPil` for pad-to-square) in Transformers 5.x:
-`transformers/image_processing_backends.py` (`PilBackend`), `image_transforms.py` and
-`models/llava/image_processing_pil_llava.py`. Without torchvision, `CLIPImageProcessor`, `LlavaImageProcessor`
-and `AutoImageProcessor` all fall back to these PIL classes. The steps, in data-flow order:
+The references are `CLIPImageProcessorPil` (llava-1.5; `LlavaImageProcessorPil` for pad-to-square) and
+`SiglipImageProcessorPil` (llava-interleave) in Transformers 5.x: `transformers/image_processing_backends.py`
+(`PilBackend`), `image_transforms.py`, `models/llava/image_processing_pil_llava.py` and
+`models/siglip/image_processing_pil_siglip.py`. Without torchvision, `CLIPImageProcessor`,
+`LlavaImageProcessor`, `SiglipImageProcessor` and `AutoImageProcessor` all fall back to these PIL classes.
+The steps, in data-flow order:
 
     image (PIL, any mode)
       └─ to_rgb ──────────────▶ RGB, transparency composited on white      [H, W, 3]   uint8
          └─ pad_to_square ────▶ (do_pad only) mean colour borders          [M, M, 3]   uint8, M = max(H, W)
-            └─ resize ────────▶ shortest edge to S, PIL bicubic on uint8   [H', W', 3] uint8
-               └─ center_crop ▶ crop, or zero-pad where the image is small [Hc, Wc, 3] uint8
+            └─ resize ────────▶ PIL bicubic on uint8: the shortest edge    [H', W', 3] uint8
+                                to S (CLIP), or exactly to (h, w) (SigLIP)
+               └─ center_crop ▶ (CLIP only) crop, or zero-pad where the    [Hc, Wc, 3] uint8
+                                image is smaller than the crop
                   └─ rescale ─▶ x * 1/255 in float64, then float32         [Hc, Wc, 3] float32
                      └─ normalize ▶ (x - mean) / std in float32            [Hc, Wc, 3] float32
                         └─ channels first, stack ──▶ pixel_values          [N, 3, Hc, Wc] float32
 
+llava-1.5's settings: shortest edge 336, crop 336 x 336, CLIP's mean and std. llava-interleave's (SigLIP
+so400m): exactly 384 x 384, no crop, mean = std = 0.5 (pixels to [-1, 1]).
+
 Every step repeats Transformers' arithmetic (same dtypes, same order), so pixel_values are
 bit-identical, not merely close. Legend: N images; H, W height and width; M side of the padded square;
-S the shortest-edge size; Hc, Wc the crop size.
+S the shortest-edge size; Hc, Wc the crop size (the resize size when there is no crop).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from .files import read_json
 # OpenAI CLIP's normalisation constants (Transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# SigLIP's (Transformers' IMAGENET_STANDARD_MEAN / IMAGENET_STANDARD_STD): pixels go to [-1, 1].
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"  # one image processor (4.x and older saves)
 PROCESSOR_CONFIG = "processor_config.json"  # the whole processor, image processor nested (5.x saves)
@@ -47,7 +57,7 @@ PROCESSOR_CONFIG = "processor_config.json"  # the whole processor, image process
 @dataclass(frozen=True)
 class ImageProcessorConfig:
     """The image processor's settings. Defaults are CLIPImageProcessor's (Transformers 5.24); llava-1.5 uses
-    size=336, crop_size=(336, 336) and keeps the rest."""
+    size=336, crop_size=(336, 336) and keeps the rest. SigLIP's defaults are `SIGLIP_DEFAULTS`."""
 
     size: int = 224  # shortest edge after resizing (llava-1.5: 336)
     crop_size: tuple[int, int] = (224, 224)  # (height, width)
@@ -55,15 +65,45 @@ class ImageProcessorConfig:
     do_center_crop: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
-    do_convert_rgb: bool = True
+    # True: every image through `to_rgb`. None (a json's null, as llava-interleave's): RGB images as they are, every
+    # other mode through `to_rgb` (see `image_processor_config_from_dict`). False: RGB images only.
+    do_convert_rgb: bool | None = True
     rescale_factor: float = 1 / 255
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     resample: int = 3  # PIL resample code: 3 = Image.Resampling.BICUBIC
     do_pad: bool = False  # pad to square with the mean colour, as LLaVA-1.5's own code (LlavaImageProcessor's do_pad)
-    # Set only when the json gives size as {"height": h, "width": w}: then Transformers resizes to exactly
-    # (h, w), ignoring the aspect ratio, and `size` holds min(h, w) for information only.
+    # Set only when the json gives size as {"height": h, "width": w} (SigLIP's form): then Transformers resizes to
+    # exactly (h, w), ignoring the aspect ratio, and `size` holds min(h, w) for information only.
     size_hw: tuple[int, int] | None = None
+
+    @property
+    def output_hw(self) -> tuple[int, int] | None:
+        """(height, width) of every preprocessed image where the settings fix it: the crop (CLIP), else the exact
+        resize (SigLIP); None where it follows the image (a shortest-edge resize without a crop)."""
+        if self.do_center_crop:
+            return self.crop_size
+        if self.do_resize and self.size_hw is not None:
+            return self.size_hw
+        return None
+
+
+# SiglipImageProcessor's class defaults (models/siglip/image_processing_pil_siglip.py): 224 x 224 exactly,
+# bicubic, no center crop, mean = std = 0.5. llava-interleave's json sets size 384 x 384 and repeats the rest.
+SIGLIP_DEFAULTS = ImageProcessorConfig(
+    size=224,
+    size_hw=(224, 224),
+    do_center_crop=False,
+    image_mean=SIGLIP_MEAN,
+    image_std=SIGLIP_STD,
+)
+
+
+def default_settings(image_processor_type: str) -> ImageProcessorConfig:
+    """The class defaults of the image processor a json names, for the fields it leaves out: SigLIP's for
+    "SiglipImageProcessor" (and its Pil / Fast twins), else CLIP's (CLIPImageProcessor, LlavaImageProcessor,
+    whose defaults are CLIP's, and a json that names no type)."""
+    return SIGLIP_DEFAULTS if image_processor_type.startswith("Siglip") else ImageProcessorConfig()
 
 
 def load_image_processor_config(folder: str | os.PathLike) -> ImageProcessorConfig:
@@ -71,7 +111,8 @@ def load_image_processor_config(folder: str | os.PathLike) -> ImageProcessorConf
 
     Priority (`ImageProcessingMixin.get_image_processor_dict` and `AutoImageProcessor`): the "image_processor"
     entry of processor_config.json wins; preprocessor_config.json is read only when processor_config.json is
-    absent or has no "image_processor" entry. Fields the json omits take CLIPImageProcessor's defaults.
+    absent or has no "image_processor" entry. Fields the json omits take the defaults of the class it names
+    (`default_settings`).
     """
     folder = Path(folder)
     settings = None
@@ -90,15 +131,24 @@ def load_image_processor_config(folder: str | os.PathLike) -> ImageProcessorConf
 
 
 def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
-    """Build the config from the json's image processor dict, filling omitted fields with CLIP's defaults.
+    """Build the config from the json's image processor dict, filling omitted fields with the defaults of its
+    `image_processor_type` (CLIP's or SigLIP's, see `default_settings`).
 
     `size` may be {"shortest_edge": S}, {"height": h, "width": w} (exact resize, see `size_hw`), an int
     ({"shortest_edge": S}, or a square when the json sets default_to_square) or a [h, w] list.
     `crop_size` may be {"height": h, "width": w}, an int (a square) or a [h, w] list.
+
+    `do_convert_rgb: null` (what llava-interleave's preprocessor_config.json says) is kept as None: RGB images
+    are used as they are, and every other PIL mode is converted to RGB (`to_rgb`, transparency composited on
+    white). Transformers 5.24 reads the null as "do not convert": it gives the same pixel values for RGB images
+    and fails on most other modes (RGBA, L, P, ...: "mean must have N elements"), or reads the bands of YCbCr and
+    HSV images as if they were R, G, B; for all those minillava equals Transformers with do_convert_rgb=True.
+    An explicit false is kept (non-RGB images are then refused).
     """
-    default = ImageProcessorConfig()
-    size, size_hw = _parse_size(settings.get("size"), default, bool(settings.get("default_to_square", False)))
     kind = str(settings.get("image_processor_type") or "")
+    default = default_settings(kind)
+    size, size_hw = _parse_size(settings.get("size"), default, bool(settings.get("default_to_square", False)))
+    convert_rgb = settings.get("do_convert_rgb", default.do_convert_rgb)  # a null stays None
     return ImageProcessorConfig(
         size=size,
         crop_size=_parse_crop_size(settings.get("crop_size"), default.crop_size),
@@ -106,14 +156,15 @@ def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
         do_center_crop=bool(settings.get("do_center_crop", default.do_center_crop)),
         do_rescale=bool(settings.get("do_rescale", default.do_rescale)),
         do_normalize=bool(settings.get("do_normalize", default.do_normalize)),
-        do_convert_rgb=bool(settings.get("do_convert_rgb", default.do_convert_rgb)),
+        do_convert_rgb=None if convert_rgb is None else bool(convert_rgb),
         rescale_factor=float(settings.get("rescale_factor", default.rescale_factor)),
         image_mean=_three_floats(settings.get("image_mean", default.image_mean), "image_mean"),
         image_std=_three_floats(settings.get("image_std", default.image_std), "image_std"),
         resample=int(settings.get("resample", default.resample)),
         # do_pad is pad-to-square only in LlavaImageProcessor. CLIPImageProcessor's do_pad pads a batch to its
-        # largest image (bottom/right), a no-op once every image is center-cropped to one size: ignored here.
-        do_pad=bool(settings.get("do_pad") or False) and not kind.startswith("CLIP"),
+        # largest image (bottom/right), a no-op once every image is center-cropped (CLIP) or resized (SigLIP) to
+        # one size: ignored here.
+        do_pad=bool(settings.get("do_pad") or False) and not kind.startswith(("CLIP", "Siglip")),
         size_hw=size_hw,
     )
 
@@ -121,7 +172,7 @@ def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
 def _parse_size(value, default: ImageProcessorConfig, default_to_square: bool) -> tuple[int, tuple[int, int] | None]:
     """-> (shortest edge, exact (height, width) or None), following Transformers' get_size_dict."""
     if value is None:
-        return default.size, None
+        return default.size, default.size_hw
     if isinstance(value, int):
         return (value, (value, value)) if default_to_square else (value, None)
     if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -211,6 +262,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (L, 1, CMYK, YCbCr, I;16, I, F, RGBa, ...) takes Pillow's own `convert("RGB")`.
 
     EXIF orientation is ignored, as in Transformers' processors for PIL inputs (see `load_image`).
+
+    Used for every image processor, SigLIP's too: llava-interleave's json says `do_convert_rgb: null`, with which
+    Transformers converts nothing and refuses most non-RGB images; minillava converts them as Transformers does
+    with do_convert_rgb=True (see `image_processor_config_from_dict`).
     """
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
     if not has_alpha:
@@ -286,7 +341,7 @@ def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.
 def preprocess_one(image: Image.Image, config: ImageProcessorConfig) -> np.ndarray:
     """One PIL image -> [3, Hc, Wc] float32 (or [3, H', W'] without center crop)."""
     _check_not_empty(image, "image")
-    if config.do_convert_rgb:
+    if config.do_convert_rgb or (config.do_convert_rgb is None and image.mode != "RGB"):
         image = to_rgb(image)  # [H, W, 3]
     elif image.mode != "RGB":
         raise ValueError(f"image mode {image.mode!r} with do_convert_rgb=False: minillava needs RGB input")

@@ -1,6 +1,7 @@
 """Text side of LLaVA: chat template, <image> expansion, tokenizer, batching and padding, decoding.
 
-    conversation ─ apply_chat_template ─▶ "USER: <image>\\nWhat is shown? ASSISTANT:"
+    conversation ─ apply_chat_template ─▶ "USER: <image>\\nWhat is shown? ASSISTANT:"  (llava-1.5), or
+                 "<|im_start|>user\\n<image>\\nWhat is shown?<|im_end|>\\n<|im_start|>assistant\\n"  (llava-interleave)
     images ─ preprocess.preprocess ─────────────────────────────────────▶ pixel_values    [N, 3, H, W]
     prompt ─ expand each <image> to L image tokens ─ tokenizer ─ pad ───▶ input_ids       [B, T]
                                                                           attention_mask  [B, T]
@@ -13,22 +14,26 @@ and ProcessorMixin in processing_utils.py), with these findings:
   as it is (``TokenizersBackend``), so the ``tokenizers`` library gives the same ids. (Without config.json it
   would rebuild a ``LlamaTokenizer`` in the Metaspace form, which tokenizes the legacy llava-hf tokenizer.json
   differently after special tokens; minillava always follows tokenizer.json.)
-- BOS: added by tokenizer.json's post-processor. Transformers 5.24 drops tokenizer_config.json's
+- BOS: added by tokenizer.json's post-processor (llava-1.5's adds <s>; llava-interleave's Qwen tokenizer, a
+  byte-level BPE, adds nothing and has no BOS). Transformers 5.24 drops tokenizer_config.json's
   ``add_bos_token``/``add_eos_token`` when a tokenizer.json exists, and so does minillava.
 - ``<image>`` expansion: the string is expanded before tokenizing, as Transformers does, to
   ``(H // patch) * (W // patch) + num_additional_image_tokens`` image tokens (minus one for the "default"
   strategy), H and W being the preprocessed image's size. ``patch_size``, ``vision_feature_select_strategy``
-  and ``num_additional_image_tokens`` come from processor_config.json; where it lacks them (older folders)
-  minillava takes the vision patch size and strategy from config.json and 1 extra token (CLIP's CLS).
-  Transformers would fail there (no patch size) or count 0 extra tokens, one too few for the model.
+  and ``num_additional_image_tokens`` come from processor_config.json (llava-1.5: 14, "default", 1: 576
+  tokens; llava-interleave: 14, "full", 0: 729 tokens). Where it lacks them (older folders) minillava takes the
+  vision patch size and strategy from config.json, and one extra token for CLIP's CLS (none for SigLIP, which
+  has no CLS): the number of image features the model makes. Transformers would fail there (no patch size) or
+  count 0 extra tokens, one too few for a CLIP model.
 - Padding: Transformers pads on tokenizer_config.json's ``padding_side`` (default right). Batched
   generation needs left padding, so ``load_processor`` pads left unless told otherwise
   (``padding_side=None`` follows tokenizer_config.json).
 - Chat template: processor_config.json's "chat_template" key, else chat_template.json, else
   chat_template.jinja (the .json wins over the .jinja, as in Transformers), else tokenizer_config.json's
   "chat_template" (Transformers' processor has no template then; its tokenizer would use this one).
-  The llava-1.5 template is rendered natively (``render_llava_15``); any other template with Jinja, set up
-  like Transformers' ``render_jinja_template``.
+  The llava-1.5 and llava-interleave templates are rendered natively (``render_llava_15``,
+  ``render_llava_interleave``); any other template with Jinja, set up like Transformers'
+  ``render_jinja_template``.
 
 Legend: B = prompts, T = tokens per padded row, N = images, H, W = image size after preprocessing,
 L = image tokens per image.
@@ -44,9 +49,9 @@ from PIL import Image
 from tokenizers import AddedToken, Tokenizer
 
 from ..demo import demo_folder
-from ..model.vision import FEATURE_SELECT_STRATEGIES
+from ..model.clip import FEATURE_SELECT_STRATEGIES
 from . import preprocess as image_preprocess
-from .chat_template import is_llava_15_template, render_jinja, render_llava_15
+from .chat_template import native_renderer, render_jinja
 from .config import load_config
 from .files import read_json
 
@@ -63,7 +68,7 @@ class LlavaProcessor:
     chat_template: the Jinja template text, or None;
     image_token / image_token_id: the placeholder ("<image>") and its id;
     patch_size, vision_feature_select_strategy, num_additional_image_tokens: how many image tokens an image
-    takes (see ``image_token_count``); num_image_tokens: that count for a center-cropped image;
+    takes (see ``image_token_count``); num_image_tokens: that count for an image of the preprocessed size;
     bos/eos/pad/unk_token(_id): the tokenizer's special tokens (None where the folder names none);
     padding_side: "left" or "right", the default for ``__call__``.
     """
@@ -103,7 +108,9 @@ class LlavaProcessor:
             setattr(self, f"{name}_token", token)
             setattr(self, f"{name}_token_id", None if token is None else tokenizer.token_to_id(token))
         self.padding_side = _check_padding_side(padding_side, "padding_side")
-        # Byte-fallback tokens <0x00> .. <0xFF>: characters outside the BPE vocabulary are spelled in bytes.
+        # Byte-fallback tokens <0x00> .. <0xFF>: characters outside the BPE vocabulary are spelled in bytes. A
+        # byte-level BPE (Qwen's) has none: its tokens are bytes already, and `stream_text` holds back a text that
+        # ends inside a character by its U+FFFD.
         self.byte_token_ids = frozenset(
             i for token, i in tokenizer.get_vocab(with_added_tokens=False).items() if _BYTE_TOKEN.fullmatch(token)
         )
@@ -118,18 +125,22 @@ class LlavaProcessor:
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per image after the center crop (576 for llava-1.5)."""
-        height, width = self.image_processor_config.crop_size
-        return self.image_token_count(height, width)
+        """Image tokens per image of the preprocessed size: after the center crop (576 for llava-1.5) or the
+        exact resize (729 for llava-interleave: 384 // 14 = 27 patches a side)."""
+        hw = self.image_processor_config.output_hw  # (H, W)
+        if hw is None:
+            raise ValueError("images keep their own sizes (no crop, no exact resize): see image_token_count")
+        return self.image_token_count(*hw)
 
     # -- chat template --------------------------------------------------------------------------------
 
     def apply_chat_template(self, conversation, add_generation_prompt: bool = False, use_jinja: bool = False):
         """Render a conversation (a list of {"role", "content"} messages) into a prompt string.
 
-        A batch (a list of conversations) gives a list of prompts. The llava-1.5 template is rendered by
-        ``render_llava_15``; any other template, or ``use_jinja=True``, by ``render_jinja``, which reproduces
-        Transformers exactly (including its quirks, such as the llava-1.5 template dropping string content).
+        A batch (a list of conversations) gives a list of prompts. The llava-1.5 and llava-interleave templates
+        are rendered by ``render_llava_15`` and ``render_llava_interleave``; any other template, or
+        ``use_jinja=True``, by ``render_jinja``, which reproduces Transformers exactly (including its quirks, such
+        as both templates dropping string content).
         """
         if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
             return [self.apply_chat_template(c, add_generation_prompt, use_jinja) for c in conversation]
@@ -138,8 +149,9 @@ class LlavaProcessor:
                 "this checkpoint has no chat template (no chat_template.jinja, chat_template.json or "
                 "'chat_template' in tokenizer_config.json); write the prompt yourself"
             )
-        if not use_jinja and is_llava_15_template(self.chat_template):
-            return render_llava_15(conversation, add_generation_prompt)
+        native = None if use_jinja else native_renderer(self.chat_template)
+        if native is not None:
+            return native(conversation, add_generation_prompt)
         return render_jinja(
             self.chat_template,
             conversation,
@@ -338,17 +350,19 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
             if tokenizer.token_to_id(token) is None:  # Transformers adds a named special token that is missing
                 tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
 
-    # How many tokens an image takes: processor_config.json, else (older folders) the model's config.json.
+    # How many tokens an image takes: processor_config.json, else (older folders) the model's config.json, whose
+    # vision tower has one extra token (CLS) for CLIP and none for SigLIP.
     processor_config = read_json(folder / "processor_config.json")
     model_config = load_config(folder) if (folder / "config.json").is_file() else None
     patch_size = processor_config.get("patch_size")
     strategy = processor_config.get("vision_feature_select_strategy")
+    extra = processor_config.get("num_additional_image_tokens")
     if model_config is not None:
         patch_size = patch_size or model_config.vision.patch_size
         strategy = strategy or model_config.vision_feature_select_strategy
+        extra = (1 if model_config.vision.has_cls_token else 0) if extra is None else extra
     if patch_size is None:
         raise ValueError(f"{folder}: no patch_size in processor_config.json and no config.json to take it from")
-    extra = processor_config.get("num_additional_image_tokens")
 
     if padding_side is None:
         padding_side = tokenizer_config.get("padding_side", "right")

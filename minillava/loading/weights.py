@@ -89,7 +89,8 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
 
     ``config`` is a minillava LlavaConfig (``config.vision``, ``config.text`` and the llava fields).
     Biases of the projector, the Llama attention and the Llama MLP appear only when the config says
-    the model has them (``multimodal_projector_bias``, ``attention_bias``, ``mlp_bias``).
+    the model has them (``multimodal_projector_bias``, ``attention_bias``, ``mlp_bias``; Qwen2's ``qkv_bias``).
+    The vision tower is CLIP's or SigLIP's (``config.vision.model_type``).
     """
     v, t = config.vision, config.text
     Dv, Fv, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
@@ -99,14 +100,29 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     L = 1 if isinstance(layers, int) else len(layers)
 
     shapes: dict[str, tuple[int, ...]] = {
-        "vision_tower.embeddings.patch_embedding.weight": (Dv, C, P, P),  # a conv without bias
-        "vision_tower.embeddings.class_embedding": (Dv,),
-        "vision_tower.embeddings.position_embedding.weight": (v.num_positions, Dv),  # Np + 1 rows
-        "vision_tower.pre_layrnorm.weight": (Dv,),  # (sic) the name Transformers uses
-        "vision_tower.pre_layrnorm.bias": (Dv,),
+        "vision_tower.embeddings.patch_embedding.weight": (Dv, C, P, P),
+        "vision_tower.embeddings.position_embedding.weight": (v.num_positions, Dv),  # Np (+ 1 for CLS) rows
         "vision_tower.post_layernorm.weight": (Dv,),  # in every checkpoint, never used by llava
         "vision_tower.post_layernorm.bias": (Dv,),
     }
+    if v.model_type == "clip_vision_model":  # the conv has no bias; a CLS token and a pre-LayerNorm
+        shapes["vision_tower.embeddings.class_embedding"] = (Dv,)
+        shapes["vision_tower.pre_layrnorm.weight"] = (Dv,)  # (sic) the name Transformers uses
+        shapes["vision_tower.pre_layrnorm.bias"] = (Dv,)
+    else:  # SigLIP: the conv has a bias; the attention-pooling head (never used by llava) when the config has it
+        shapes["vision_tower.embeddings.patch_embedding.bias"] = (Dv,)
+        if v.vision_use_head:
+            shapes["vision_tower.head.probe"] = (1, 1, Dv)
+            shapes["vision_tower.head.attention.in_proj_weight"] = (3 * Dv, Dv)
+            shapes["vision_tower.head.attention.in_proj_bias"] = (3 * Dv,)
+            shapes["vision_tower.head.attention.out_proj.weight"] = (Dv, Dv)
+            shapes["vision_tower.head.attention.out_proj.bias"] = (Dv,)
+            shapes["vision_tower.head.layernorm.weight"] = (Dv,)
+            shapes["vision_tower.head.layernorm.bias"] = (Dv,)
+            shapes["vision_tower.head.mlp.fc1.weight"] = (Fv, Dv)
+            shapes["vision_tower.head.mlp.fc1.bias"] = (Fv,)
+            shapes["vision_tower.head.mlp.fc2.weight"] = (Dv, Fv)
+            shapes["vision_tower.head.mlp.fc2.bias"] = (Dv,)
     for i in range(v.num_hidden_layers):
         p = f"vision_tower.encoder.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -135,7 +151,7 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
         attn = {"q_proj": (H * hd, D), "k_proj": (KV * hd, D), "v_proj": (KV * hd, D), "o_proj": (D, H * hd)}
         for name, shape in attn.items():
             shapes[p + f"self_attn.{name}.weight"] = shape
-            if t.attention_bias:
+            if t.attention_bias or (t.qkv_bias and name != "o_proj"):
                 shapes[p + f"self_attn.{name}.bias"] = shape[:1]
         mlp = {"gate_proj": (F, D), "up_proj": (F, D), "down_proj": (D, F)}
         for name, shape in mlp.items():
@@ -331,15 +347,15 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
                 )
             plan[key] = (path, name)
 
-    tied = False
+    embed, head = "language_model.embed_tokens.weight", "lm_head.weight"
+    stored, missing = None, None  # with tied embeddings, the one copy the file holds and the name it lacks
     if config is not None:
         shapes = {key: headers[path][0][name]["shape"] for key, (path, name) in plan.items()}
-        # Tied embeddings: the file leaves lm_head out and the model reuses embed_tokens. When a file has
-        # both, Transformers keeps both as they are, and so do we.
-        embed = "language_model.embed_tokens.weight"
-        tied = bool(config.tie_word_embeddings) and "lm_head.weight" not in plan and embed in plan
-        if tied:
-            shapes["lm_head.weight"] = shapes[embed]
+        # Tied embeddings: the file holds one of embed_tokens and lm_head (usually embed_tokens) and the model
+        # uses it as both. When a file has both, Transformers keeps both as they are, and so do we.
+        if config.tie_word_embeddings and (embed in plan) != (head in plan):
+            stored, missing = (embed, head) if embed in plan else (head, embed)
+            shapes[missing] = shapes[stored]
         _check_shapes(shapes, config, {key: f"{name!r} in {path}" for key, (path, name) in plan.items()})
 
     # 2. The data: mapped views, or cast copies.
@@ -353,6 +369,6 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
         if progress is not None:
             done += sizes[key]
             progress(done, total)
-    if tied:
-        flat["lm_head.weight"] = flat["language_model.embed_tokens.weight"]  # the same array, not a copy
+    if stored is not None:
+        flat[missing] = flat[stored]  # the same array, not a copy
     return unflatten(flat)

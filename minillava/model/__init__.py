@@ -1,15 +1,16 @@
-"""The model: LLaVA-1.5's math as functions over plain arrays, NumPy on the CPU and CuPy on a GPU.
+"""The model: LLaVA's math as functions over plain arrays, NumPy on the CPU and CuPy on a GPU.
 
 Read in data-flow order:
 
     layers.py      linear, LayerNorm, RMSNorm, activations, softmax: the shared pieces
     attention.py   scaled dot-product attention, masks, grouped-query heads
-    vision.py      CLIP: patch embedding, embeddings, encoder layers, feature selection
+    clip.py        CLIP (llava-1.5): patch embedding, embeddings, encoder layers, feature selection
+    siglip.py      SigLIP (llava-interleave): CLIP's encoder with other embeddings
     projector.py   the two-layer MLP from CLIP features to word embeddings
     merge.py       image features into the image-token positions
     rope.py        rotary position embeddings
     kv_cache.py    the preallocated key/value cache
-    llama.py       token embedding, decoder layers, the language model, lm_head
+    llama.py       token embedding, decoder layers, the language model, lm_head (Llama; Qwen2 by its config)
     llava.py       the glue: LlavaModel (encode_image, forward, step, generate)
     generate.py    logits processors, sampling and the generation loop
 

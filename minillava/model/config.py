@@ -1,8 +1,9 @@
 """What the model is: its configuration as three small frozen dataclasses.
 
-``LlavaConfig`` holds the CLIP vision tower's sizes (``VisionConfig``), the Llama language model's
-(``TextConfig``) and LLaVA's own fields: which image token, which projector activation, which CLIP
-layer(s) and tokens become image features. The model reads these fields; where they come from (a
+``LlavaConfig`` holds the vision tower's sizes (``VisionConfig``: CLIP for llava-1.5, SigLIP for
+llava-interleave), the language model's (``TextConfig``: Llama for llava-1.5, Qwen2 for llava-interleave)
+and LLaVA's own fields: which image token, which projector activation, which vision layer(s) and tokens
+become image features. The model reads these fields; where they come from (a
 checkpoint's config.json, with every omitted field filled as Transformers fills it) is
 ``minillava.loading.config``.
 """
@@ -11,10 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+VISION_TOWERS = ("clip_vision_model", "siglip_vision_model")  # vision_config.model_type: CLIP or SigLIP
+LANGUAGE_MODELS = ("llama", "qwen2")  # text_config.model_type: Llama (Vicuna) or Qwen2 (Qwen1.5, Qwen2)
+
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """The CLIP vision tower (Transformers' `CLIPVisionConfig`)."""
+    """The vision tower (Transformers' `CLIPVisionConfig` or `SiglipVisionConfig`).
+
+    `model_type` is "clip_vision_model" (a CLS token in front of the patches, a pre-LayerNorm) or
+    "siglip_vision_model" (patches only, a patch embedding with bias, no pre-LayerNorm). `vision_use_head`:
+    a SigLIP checkpoint carries the attention-pooling head's weights (LLaVA never runs it).
+    """
 
     hidden_size: int
     intermediate_size: int
@@ -25,6 +34,13 @@ class VisionConfig:
     patch_size: int
     hidden_act: str
     layer_norm_eps: float
+    model_type: str = "clip_vision_model"
+    vision_use_head: bool = False
+
+    @property
+    def has_cls_token(self) -> bool:
+        """CLIP puts a learned CLS token in front of the patches; SigLIP has none."""
+        return self.model_type == "clip_vision_model"
 
     @property
     def head_dim(self) -> int:
@@ -38,13 +54,17 @@ class VisionConfig:
 
     @property
     def num_positions(self) -> int:
-        """Position embeddings: one per patch plus one for the CLS token."""
-        return self.num_patches + 1
+        """Tokens the tower outputs, each with its position embedding: one per patch, plus CLS (CLIP)."""
+        return self.num_patches + (1 if self.has_cls_token else 0)
 
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The Llama language model (Transformers' `LlamaConfig`), with the derived fields resolved.
+    """The language model (Transformers' `LlamaConfig` or `Qwen2Config`), with the derived fields resolved.
+
+    Qwen2's decoder layer is Llama's with biases on the q, k and v projections (`qkv_bias`; o_proj has
+    none), so `model_type` "qwen2" changes only fields: `attention_bias` (Llama's: every projection of the
+    attention has a bias) is False and `qkv_bias` True.
 
     `rope_scaling` is None for plain RoPE, else a dict with `rope_type` and exactly the fields that
     variant needs: {"rope_type": "linear" | "dynamic", "factor"} or {"rope_type": "llama3", "factor",
@@ -75,14 +95,16 @@ class TextConfig:
     pad_token_id: int | None
     bos_token_id: int | None
     eos_token_id: int | tuple[int, ...] | None
+    model_type: str = "llama"
+    qkv_bias: bool = False
 
 
 @dataclass(frozen=True)
 class LlavaConfig:
-    """LLaVA: a CLIP vision tower, a two-layer projector and a Llama language model.
+    """LLaVA: a vision tower (CLIP or SigLIP), a two-layer projector and a language model (Llama or Qwen2).
 
-    `vision_feature_layer` is an index into CLIP's `hidden_states` (see `vision_layers_needed`), or a
-    tuple of them whose features are concatenated.
+    `vision_feature_layer` is an index into the vision tower's `hidden_states` (see `vision_layers_needed`),
+    or a tuple of them whose features are concatenated.
 
     `tie_word_embeddings` decides whether `lm_head.weight` is `embed_tokens.weight`. In Transformers 5.24
     `LlavaForConditionalGeneration` ties when its own config's `tie_word_embeddings` is true
@@ -104,15 +126,16 @@ class LlavaConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Feature vectors per image: one per patch, plus CLS with the "full" strategy (576 for llava-1.5)."""
-        extra = 1 if self.vision_feature_select_strategy == "full" else 0
-        return self.vision.num_patches + extra
+        """Feature vectors per image: every token of the tower ("full") or all but the first ("default", which
+        drops CLIP's CLS). 576 for llava-1.5 (CLIP, default), 729 for llava-interleave (SigLIP, full)."""
+        drop_first = 1 if self.vision_feature_select_strategy == "default" else 0
+        return self.vision.num_positions - drop_first
 
     @property
     def vision_layers_needed(self) -> int:
-        """How many CLIP encoder layers must run to produce the selected hidden state(s).
+        """How many vision encoder layers must run to produce the selected hidden state(s).
 
-        `hidden_states[0]` is the embeddings after `pre_layrnorm`, `hidden_states[i]` the output of
+        `hidden_states[0]` is the embeddings (after CLIP's `pre_layrnorm`), `hidden_states[i]` the output of
         encoder layer i - 1, so index i needs i layers; a negative index counts from
         num_hidden_layers + 1 (-2 with 24 layers is hidden_states[23]: 23 layers).
         """

@@ -4,7 +4,7 @@
     input_ids ─ embed_tokens ───────────────────────────────────────────── merge ─ language_model ─ lm_head ─ logits
 
 ``LlavaModel`` holds the config and the parameters; every step is a function of the module named after
-it (vision.py, projector.py, merge.py, llama.py), and generation's loop is generate.py's. The public
+it (clip.py or siglip.py, projector.py, merge.py, llama.py), and generation's loop is generate.py's. The public
 methods (``encode_image``, ``forward``, ``generate``, ``generate_tokens``, ``stream``) are the edge where
 arrays enter: they check and convert their inputs once, with one clear error, and everything they call
 trusts its arguments. ``step`` is the language model's forward as generation's loop calls it.
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend, generate
+from . import backend, clip, generate, siglip
+from .clip import select_features
 from .config import LlavaConfig
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
@@ -25,9 +26,9 @@ from .merge import merge_image_features
 from .projector import multi_modal_projector
 from .rope import inverse_frequencies
 from .trace import record
-from .vision import select_features, vision_tower
 
 COMPUTE_DTYPES = ("float32", "float16")
+VISION_TOWERS = {"clip_vision_model": clip.vision_tower, "siglip_vision_model": siglip.vision_tower}
 
 
 class LlavaModel:
@@ -67,9 +68,10 @@ class LlavaModel:
         cfg = self.config
         x = self.xp.asarray(pixel_values, dtype=self.dtype)  # [N, C, S, S]
         record(trace, "pixel_values", x)
+        vision_tower = VISION_TOWERS[cfg.vision.model_type]  # CLIP (llava-1.5) or SigLIP (llava-interleave)
         hidden_states = vision_tower(
             self.params["vision_tower"], x, cfg.vision, cfg.vision_layers_needed, trace
-        )  # (n_layers + 1) x [N, 1 + Np, Dv]
+        )  # (n_layers + 1) x [N, Np (+ 1 CLS for CLIP), Dv]
         features = select_features(
             hidden_states, cfg.vision_feature_index, cfg.vision_feature_select_strategy
         )  # [N, L, Dv']

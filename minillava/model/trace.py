@@ -37,10 +37,12 @@ def record(trace, name: str, value) -> None:
 
 def activation_names(config, with_images: bool) -> list[str]:
     """Every name a forward of a model with this LlavaConfig records, in data-flow order (the vision tower's
-    entries only ``with_images``; CLIP layers up to the last one LLaVA reads)."""
+    entries only ``with_images``; its layers up to the last one LLaVA reads)."""
     names = []
     if with_images:
-        names += ["pixel_values", "vision_tower.embeddings", "vision_tower.pre_layrnorm"]
+        names += ["pixel_values", "vision_tower.embeddings"]
+        if config.vision.has_cls_token:  # CLIP's LayerNorm before the layers (SigLIP has none)
+            names.append("vision_tower.pre_layrnorm")
         for i in range(config.vision_layers_needed):
             layer = f"vision_tower.encoder.layers.{i}"
             names += [f"{layer}.{part}" for part in VISION_LAYER_PARTS] + [layer]

@@ -1,6 +1,9 @@
 """The pictures and references the image-processing tests share: scikit-image's photographs in any size and PIL
 mode, Transformers' PIL-backend processors, and the check that two pixel_values are bit-identical."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from skimage import data
@@ -14,6 +17,14 @@ from minillava.loading.preprocess import image_processor_config_from_dict
 LLAVA = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}}  # llava-1.5-7b-hf
 DEFAULT = {}  # CLIPImageProcessor's defaults: 224, CLIP mean/std
 SETTINGS = {"llava-336": LLAVA, "default-224": DEFAULT}
+
+# llava-hf/llava-interleave-qwen-0.5b-hf's published files (tests/data): its preprocessor_config.json is SigLIP
+# so400m's (exactly 384 x 384, bicubic, no crop, mean = std = 0.5, "do_convert_rgb": null); and the same at the tiny
+# test model's 30 px.
+INTERLEAVE_FOLDER = Path(__file__).resolve().parents[1] / "data" / "llava-interleave-qwen-0.5b-hf"
+INTERLEAVE = json.loads((INTERLEAVE_FOLDER / "preprocessor_config.json").read_text())
+INTERLEAVE_TINY = {**INTERLEAVE, "size": {"height": 30, "width": 30}}
+SIGLIP_SETTINGS = {"interleave-384": INTERLEAVE, "tiny-30": INTERLEAVE_TINY}
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera"]  # camera is grayscale (mode L)
 SIZES = [  # (width, height)
@@ -38,6 +49,16 @@ def reference(hf, images, settings, llava=False):
     """pixel_values from Transformers' PIL-backend processor, as a NumPy array."""
     cls = hf.LlavaImageProcessorPil if llava else hf.CLIPImageProcessorPil
     return cls(**settings)(images, return_tensors="np")["pixel_values"]
+
+
+def siglip_reference(hf, images, settings, convert_rgb=False):
+    """pixel_values from Transformers' SiglipImageProcessorPil with a preprocessor_config.json's settings. With the
+    published "do_convert_rgb": null it converts nothing (and fails on non-RGB images); ``convert_rgb`` passes
+    do_convert_rgb=True, which minillava always does."""
+    settings = {k: v for k, v in settings.items() if k not in ("image_processor_type", "processor_class")}
+    if convert_rgb:
+        settings["do_convert_rgb"] = True
+    return hf.SiglipImageProcessorPil(**settings)(images, return_tensors="np")["pixel_values"]
 
 
 def ours(settings, **extra):

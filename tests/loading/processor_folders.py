@@ -11,6 +11,9 @@ FORMS = {  # folder name -> tiny_tokenizer.write_processor_files arguments
     "metaspace_decoder": {"style": "metaspace_decoder"},
     "old_files": {"style": "llama", "template_file": "json", "image_processor_file": "preprocessor"},
     "full": {"style": "llama", "strategy": "full", "image_size": 32, "patch_size": 8},
+    # llava-interleave's files as published (SigLIP image processor, Qwen byte-level BPE, its chat template), at the
+    # tiny model's 30 px in 7 px patches: 16 image tokens, as so400m's 384 px in 14 px patches make 729.
+    "qwen2": {"style": "qwen2", "strategy": "full", "image_size": 30, "patch_size": 7},
 }
 
 

@@ -1,7 +1,7 @@
 """The chat template (minillava.loading.chat_template, through the processor's apply_chat_template) against
-Transformers' LlavaProcessor: the native llava-1.5 renderer and the Jinja one give Transformers' prompt on every
-conversation tried here, other templates go through Jinja, where a folder's template comes from, bad
-conversations."""
+Transformers' LlavaProcessor: the native llava-1.5 and llava-interleave renderers and the Jinja one give
+Transformers' prompt on every conversation tried here, other templates go through Jinja, where a folder's template
+comes from, bad conversations."""
 
 import json
 import shutil
@@ -13,6 +13,7 @@ from minillava.loading import chat_template as mp
 from minillava.loading.processor import load_processor
 
 from ..fixtures import tiny_tokenizer as tiny
+from .images import INTERLEAVE_FOLDER
 from .processor_folders import assert_same_inputs, small_images
 
 
@@ -43,15 +44,19 @@ CONVERSATIONS = {
 }
 
 
+TEMPLATES = {"llava-1.5": "llama", "llava-interleave": "qwen2"}  # -> the folder (processor_folders.FORMS)
+
+
 @pytest.mark.parametrize("case", CONVERSATIONS)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("use_jinja", [False, True])
-def test_chat_template_matches_transformers(folders, hf, case, add_generation_prompt, use_jinja):
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_chat_template_matches_transformers(folders, hf, template, case, add_generation_prompt, use_jinja):
+    folder = folders[TEMPLATES[template]]
     conversation = CONVERSATIONS[case]
-    expected = _hf_processor(hf, folders["llama"]).apply_chat_template(
-        conversation, add_generation_prompt=add_generation_prompt
-    )
-    ours = load_processor(folders["llama"])
+    expected = _hf_processor(hf, folder).apply_chat_template(conversation, add_generation_prompt=add_generation_prompt)
+    ours = load_processor(folder)
+    assert mp.native_renderer(ours.chat_template) is not None  # both are rendered natively without use_jinja
     assert ours.apply_chat_template(conversation, add_generation_prompt, use_jinja=use_jinja) == expected
 
 
@@ -89,6 +94,54 @@ def test_string_content(folders, hf):
     assert ours.apply_chat_template(as_string, add_generation_prompt=True, use_jinja=True) == transformers_string
 
 
+def test_interleave_prompts(folders, hf):
+    """llava-interleave's format, literally: images of a message first, each text on a new line, ChatML markers;
+    the conversation and Transformers' output of the research note on issue 14 (verified with Transformers 5.24);
+    the prompt tokenizes as in Transformers; chat_template.json wins over the tokenizer's own (Qwen1.5's)
+    template in tokenizer_config.json."""
+    folder = folders["qwen2"]
+    ours, theirs = load_processor(folder), _hf_processor(hf, folder)
+    assert ours.chat_template == mp.LLAVA_INTERLEAVE_CHAT_TEMPLATE
+    assert mp.native_renderer(ours.chat_template) is mp.render_llava_interleave
+    assert "You are a helpful assistant" in json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    conversation = [
+        {"role": "system", "content": [TEXT("You are terse.")]},
+        {"role": "user", "content": [TEXT("What is shown?"), IMAGE, IMAGE]},
+        {"role": "assistant", "content": [TEXT("Two cats.")]},
+        {"role": "user", "content": [IMAGE, TEXT("And this?"), TEXT("Second text.")]},
+    ]
+    prompt = ours.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == (
+        "<|im_start|>system\n\nYou are terse.<|im_end|>\n<|im_start|>user\n<image><image>\nWhat is shown?<|im_end|>\n"
+        "<|im_start|>assistant\n\nTwo cats.<|im_end|>\n<|im_start|>user\n<image>\nAnd this?\nSecond text.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert prompt == theirs.apply_chat_template(conversation, add_generation_prompt=True)
+    images = small_images(3)
+    assert_same_inputs(ours(images=images, text=prompt), theirs(images=images, text=prompt, return_tensors="np"))
+    tool = [{"role": "tool", "content": [TEXT("42")]}, {"role": "user", "content": [TEXT("ok?")]}]  # any role
+    assert ours.apply_chat_template(tool, True) == theirs.apply_chat_template(tool, add_generation_prompt=True)
+
+
+def test_interleave_string_content(folders, hf):
+    """As for llava-1.5: a string content is one text part for the native renderer; Transformers' template only
+    reads typed parts and renders an empty message for it; the Jinja path reproduces that exactly."""
+    theirs, ours = _hf_processor(hf, folders["qwen2"]), load_processor(folders["qwen2"])
+    as_string = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is shown?"}]
+    as_parts = [{"role": m["role"], "content": [TEXT(m["content"])]} for m in as_string]
+    native = ours.apply_chat_template(as_string, add_generation_prompt=True)
+    assert native == theirs.apply_chat_template(as_parts, add_generation_prompt=True)
+    assert native == (
+        "<|im_start|>system\n\nBe brief.<|im_end|>\n<|im_start|>user\n\nWhat is shown?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    transformers_string = theirs.apply_chat_template(as_string, add_generation_prompt=True)
+    assert (
+        transformers_string == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert ours.apply_chat_template(as_string, add_generation_prompt=True, use_jinja=True) == transformers_string
+
+
 def test_other_templates_go_through_jinja(folders, hf):
     template = (
         "{{ bos_token }}{% for m in messages %}{% if m['content'] is string %}{{ m['role'] }}: {{ m['content'] }}\n"
@@ -119,10 +172,39 @@ def test_template_recognition():
             )
 
 
+def test_interleave_template_recognition():
+    """The published template (chat_template.json of llava-interleave-qwen-0.5b-hf, 699 bytes), its earlier form
+    without the assistant branch (485 bytes), spaced or with the newlines written as the escape \\n in the Jinja
+    strings (which Jinja reads alike) are recognised; a changed output is not; each template is only its own."""
+    interleave, plain = mp.LLAVA_INTERLEAVE_CHAT_TEMPLATE, mp.LLAVA_INTERLEAVE_CHAT_TEMPLATE_PLAIN
+    published = (INTERLEAVE_FOLDER / "chat_template.json").read_text(encoding="utf-8")  # tests/data
+    assert json.dumps({"chat_template": interleave}, indent=2) == published and len(published) == 699
+    assert len(json.dumps({"chat_template": plain}, indent=2)) == 485
+    escaped = interleave.replace("\n", "\\n")
+    spaced = interleave.replace("{{'<|im_end|>'", "{{ '<|im_end|>'").replace("{% for", "{%  for") + "\n"
+    for template in (interleave, plain, escaped, spaced):
+        assert mp.is_llava_interleave_template(template) and not mp.is_llava_15_template(template)
+        assert mp.native_renderer(template) is mp.render_llava_interleave
+    for changed in (
+        interleave.replace("'<|im_end|>' + '\n'", "'<|im_end|>'"),
+        interleave.replace("{{ '<image>' }}", "{{ '<image>\n' }}"),
+        interleave.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant'"),
+    ):
+        assert not mp.is_llava_interleave_template(changed) and mp.native_renderer(changed) is None
+    assert not mp.is_llava_interleave_template(tiny.LLAVA_15_CHAT_TEMPLATE)
+    assert mp.native_renderer(tiny.LLAVA_15_CHAT_TEMPLATE) is mp.render_llava_15
+    for conversation in CONVERSATIONS.values():
+        for add in (True, False):
+            native = mp.render_llava_interleave(conversation, add)
+            assert mp.render_jinja(plain, conversation, add) == mp.render_jinja(escaped, conversation, add) == native
+
+
 def test_native_renderer_needs_no_jinja(folders, monkeypatch):
     ours = load_processor(folders["llama"])
+    interleave = load_processor(folders["qwen2"])
     monkeypatch.setitem(sys.modules, "jinja2", None)  # import jinja2 now raises ImportError
     assert ours.apply_chat_template(CONVERSATIONS["single turn with image"], True).endswith("ASSISTANT:")
+    assert interleave.apply_chat_template(CONVERSATIONS["single turn with image"], True).endswith("assistant\n")
     ours.chat_template = "{{ messages[0]['content'] }}"
     with pytest.raises(ImportError, match="install jinja2"):
         ours.apply_chat_template([{"role": "user", "content": "hi"}])
@@ -170,13 +252,15 @@ def test_bad_conversations(folders):
 
 
 def random_conversations(n, seed=0):
-    """n conversations of every shape the llava-1.5 format meets: an optional system message, 1-4 turns that
-    may end on either side, each message with 0-3 images and 1-3 texts in any order (OpenAI image_url parts too),
-    texts with spaces at the ends, newlines, non-ASCII and template-looking characters."""
+    """n conversations of every shape the llava-1.5 and llava-interleave formats meet: an optional system message,
+    1-4 turns that may end on either side, each message with 0-3 images and 1-3 texts in any order (OpenAI
+    image_url parts too), texts with spaces at the ends, newlines, non-ASCII and template-looking characters
+    (ChatML markers too)."""
     import random
 
     rng = random.Random(seed)
     words = ["What", "is", "shown?", " lead ", "trail ", "café", "🎈", "{{ x }}", "{% if %}", "\n", "ASSISTANT:", "<s>"]
+    words += ["<|im_end|>", "日本", "\r\n", ""]
 
     def text():
         return TEXT("".join(rng.choice(words) + rng.choice(["", " "]) for _ in range(rng.randint(1, 5))))
@@ -195,20 +279,27 @@ def random_conversations(n, seed=0):
         yield messages
 
 
+NATIVE = {  # native renderer -> the templates it stands for
+    mp.render_llava_15: (tiny.LLAVA_15_CHAT_TEMPLATE, mp.LLAVA_15_CHAT_TEMPLATE_PLAIN),
+    mp.render_llava_interleave: (mp.LLAVA_INTERLEAVE_CHAT_TEMPLATE, mp.LLAVA_INTERLEAVE_CHAT_TEMPLATE_PLAIN),
+}
+
+
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_native_and_jinja_renderers_agree(add_generation_prompt):
-    """The two renderers of llava-1.5's template (the native reference and Jinja, which Transformers runs) give the
+@pytest.mark.parametrize("render", NATIVE, ids=["llava-1.5", "llava-interleave"])
+def test_native_and_jinja_renderers_agree(render, add_generation_prompt):
+    """The two renderers of each known template (the native reference and Jinja, which Transformers runs) give the
     same prompt on every conversation this suite tries with typed content parts: the named cases above and 300
     random ones. Their one difference is by design: a plain-string content is one text part for the native
-    renderer and nothing for the template (test_string_content)."""
+    renderer and nothing for the template (test_string_content, test_interleave_string_content)."""
     pytest.importorskip("jinja2")
     tried = list(CONVERSATIONS.values()) + list(random_conversations(300))
     for conversation in tried:
-        native = mp.render_llava_15(conversation, add_generation_prompt)
-        for template in (tiny.LLAVA_15_CHAT_TEMPLATE, mp.LLAVA_15_CHAT_TEMPLATE_PLAIN):
+        native = render(conversation, add_generation_prompt)
+        for template in NATIVE[render]:
             assert mp.render_jinja(template, conversation, add_generation_prompt) == native, conversation
     as_string = [{"role": "user", "content": "What is shown?"}]
     as_parts = [{"role": "user", "content": [TEXT("What is shown?")]}]
-    assert mp.render_llava_15(as_string, add_generation_prompt) == mp.render_jinja(
-        tiny.LLAVA_15_CHAT_TEMPLATE, as_parts, add_generation_prompt
+    assert render(as_string, add_generation_prompt) == mp.render_jinja(
+        NATIVE[render][0], as_parts, add_generation_prompt
     )

@@ -63,3 +63,25 @@ def test_generation_defaults_come_from_generation_config(tiny_checkpoint, tmp_pa
     defaults = minillava.load_model(folder).generation_defaults
     config = minillava.load_config(folder)
     assert defaults.pad_token_id == config.pad_token_id == 381
+
+
+@pytest.mark.parametrize(
+    ("model_type", "family"),
+    [("llava_next", "LLaVA-NeXT"), ("llava_onevision", "LLaVA-OneVision"), ("llava_next_video", "LLaVA-NeXT-Video"),
+     ("video_llava", "Video-LLaVA"), ("mllama", "Llama 3.2 Vision")],
+)  # fmt: skip
+def test_other_families_are_refused_before_any_weight_is_read(tmp_path, capsys, model_type, family):
+    """A folder of another LLaVA family gets one error naming it and what minillava supports, from config.json
+    alone: its weights (here a file that is not safetensors at all) are never opened, by the library or the CLI."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError) as error:
+        minillava.load_model(tmp_path)
+    message = str(error.value)
+    assert model_type in message and family in message and "minillava supports model_type 'llava'" in message
+    assert "safetensors" not in message
+    from minillava import cli
+
+    assert cli.main(["--model", str(tmp_path), "--image", str(demo_folder() / "samples" / "0_colour.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and family in err and "minillava supports model_type 'llava'" in err

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from minillava.loading.config import config_from_dict, load_config
+from minillava.loading.weights import expected_shapes
 from minillava.model.config import LlavaConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -30,6 +31,8 @@ TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
 
 CASES = {
     "llava-1.5-7b": json.loads((LLAVA_7B / "config.json").read_text()),
+    "llava-interleave-qwen-0.5b": json.loads((DATA / "llava-interleave-qwen-0.5b-hf" / "config.json").read_text()),
+    "llava-interleave-qwen-7b": json.loads((DATA / "llava-interleave-qwen-7b-hf" / "config.json").read_text()),
     "everything-absent": {"model_type": "llava"},
     "model-type-absent": {},
     "vision-partial": {"vision_config": {"hidden_size": 96, "num_hidden_layers": 4}},
@@ -106,6 +109,62 @@ CASES = {
         "text_config": {"pad_token_id": 0, "bos_token_id": None, "eos_token_id": [2, 32007]},
     },
     "unknown-keys": {"ignore_index": -100, "foo": {"bar": 1}, "text_config": {"pretraining_tp": 1, "xyz": 3}},
+    # A valid convolution drops the last incomplete row and column of patches (SigLIP so400m: 384 px, 14 px).
+    "image-not-multiple-of-patch": {"vision_config": {"image_size": 100, "patch_size": 14}},
+    # llava-interleave: SigLIP + Qwen2
+    "siglip-empty": {"vision_config": {"model_type": "siglip_vision_model"}},
+    "siglip-partial": {
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "image_size": 384,
+            "patch_size": 14,
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+        },
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "full",
+    },
+    "siglip-no-head": {"vision_config": {"model_type": "siglip_vision_model", "vision_use_head": False}},
+    "qwen2-empty": {"text_config": {"model_type": "qwen2"}},
+    "qwen2-kv-null": {"text_config": {"model_type": "qwen2", "num_attention_heads": 16, "num_key_value_heads": None}},
+    "qwen2-gqa": {
+        "text_config": {
+            "model_type": "qwen2",
+            "hidden_size": 896,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": True,
+            "eos_token_id": 151645,
+            "bos_token_id": 151643,
+        }
+    },
+    "qwen2-sliding-fields-off": {
+        "text_config": {
+            "model_type": "qwen2",
+            "use_sliding_window": False,
+            "sliding_window": 32768,
+            "max_window_layers": 4,
+        }
+    },
+    "qwen2-sliding-beyond-the-layers": {
+        "text_config": {
+            "model_type": "qwen2",
+            "num_hidden_layers": 4,
+            "use_sliding_window": True,
+            "max_window_layers": 4,
+        }
+    },
+    "qwen2-layer-types-full": {
+        "text_config": {"model_type": "qwen2", "num_hidden_layers": 2, "layer_types": ["full_attention"] * 2}
+    },
+    "interleave-shaped": {
+        "vision_config": {"model_type": "siglip_vision_model", "vision_use_head": False, **TINY_VISION},
+        "text_config": {"model_type": "qwen2", "num_key_value_heads": 2, **TINY_TEXT},
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "full",
+        "image_token_index": 151646,
+    },
 }
 
 ROPE_FIELDS = {
@@ -117,8 +176,10 @@ VISION_FIELDS = [f.name for f in dataclasses.fields(type(config_from_dict({}).vi
 TEXT_PLAIN_FIELDS = [
     f.name
     for f in dataclasses.fields(type(config_from_dict({}).text))
-    if f.name not in ("rope_theta", "rope_scaling", "tie_word_embeddings", "eos_token_id")
+    if f.name not in ("rope_theta", "rope_scaling", "tie_word_embeddings", "eos_token_id", "qkv_bias", "head_dim")
 ]
+# Qwen2Config has no attention_bias / mlp_bias fields: its modules hard-code them (checked in tests/model).
+TEXT_FIELD_IF_ABSENT = {"attention_bias": False, "mlp_bias": False}
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +215,15 @@ def assert_same_as_transformers(ours: LlavaConfig, theirs, rotary_cls) -> None:
     """Every field of `ours` equals what Transformers resolved (and the RoPE tables agree)."""
     vision, text = theirs.vision_config, theirs.text_config
     for name in VISION_FIELDS:
-        assert getattr(ours.vision, name) == getattr(vision, name), f"vision.{name}"
+        # vision_use_head: SigLIP's attention-pooling head (CLIPVisionConfig has no such field: no head)
+        expected = getattr(vision, name, False) if name == "vision_use_head" else getattr(vision, name)
+        assert getattr(ours.vision, name) == expected, f"vision.{name}"
     for name in TEXT_PLAIN_FIELDS:
-        assert getattr(ours.text, name) == getattr(text, name), f"text.{name}"
+        assert getattr(ours.text, name) == getattr(text, name, TEXT_FIELD_IF_ABSENT.get(name)), f"text.{name}"
+    # Qwen2Attention gives q, k and v a bias and o_proj none, whatever the config says (it has no field for it).
+    assert ours.text.qkv_bias == (text.model_type == "qwen2")
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert ours.text.head_dim == head_dim
     eos = text.eos_token_id
     assert ours.text.eos_token_id == (tuple(eos) if isinstance(eos, list) else eos)
 
@@ -238,6 +305,53 @@ def test_llava_1_5_7b_sizes():
     assert cfg.multimodal_projector_bias and not cfg.tie_word_embeddings
 
 
+INTERLEAVE_05B = DATA / "llava-interleave-qwen-0.5b-hf"
+INTERLEAVE_7B = DATA / "llava-interleave-qwen-7b-hf"
+
+
+def test_llava_interleave_0_5b_sizes():
+    """The published llava-interleave-qwen-0.5b-hf config: SigLIP so400m cut to 26 layers reading 384 px in
+    27 x 27 patches, and a Qwen1.5-0.5B-sized Qwen2 (plain multi-head attention, 16 query and 16 key/value
+    heads: not Qwen2-0.5B's 14/2), tied embeddings, every token of the last vision layer."""
+    cfg = load_config(INTERLEAVE_05B)
+    t, v = cfg.text, cfg.vision
+    assert (t.model_type, t.hidden_size, t.intermediate_size, t.num_hidden_layers) == ("qwen2", 1024, 2816, 24)
+    assert (t.num_attention_heads, t.num_key_value_heads, t.head_dim) == (16, 16, 64)
+    assert (t.vocab_size, t.rms_norm_eps, t.max_position_embeddings) == (152000, 1e-6, 32768)
+    assert (t.rope_theta, t.rope_scaling, t.hidden_act) == (1e6, None, "silu")
+    assert (t.qkv_bias, t.attention_bias, t.mlp_bias) == (True, False, False)
+    assert (t.bos_token_id, t.eos_token_id, t.pad_token_id) == (151643, 151645, None)
+    assert (v.model_type, v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (
+        "siglip_vision_model", 1152, 4304, 26, 16
+    )  # fmt: skip
+    assert (v.image_size, v.patch_size, v.hidden_act, v.layer_norm_eps) == (384, 14, "gelu_pytorch_tanh", 1e-6)
+    assert (v.num_patches, v.num_positions, v.has_cls_token, v.vision_use_head) == (729, 729, False, False)
+    assert (cfg.image_token_index, cfg.num_image_tokens, cfg.vision_feature_layer) == (151646, 729, -1)
+    assert (cfg.vision_feature_select_strategy, cfg.vision_layers_needed) == ("full", 26)
+    assert cfg.tie_word_embeddings and cfg.projector_hidden_act == "gelu" and cfg.multimodal_projector_bias
+
+
+@pytest.mark.parametrize(
+    ("folder", "count"),
+    [(INTERLEAVE_05B, 864_031_264), (INTERLEAVE_7B, 8_141_100_576), (LLAVA_7B, 7_063_427_072)],
+    ids=["interleave-0.5b", "interleave-7b", "llava-1.5-7b"],
+)
+def test_parameter_count_as_transformers_computes_it(hf, folder, count):
+    """Every tensor of the model, from its config.json alone, counted as Transformers' num_parameters() counts
+    (a tied lm_head once); the same figure Transformers gives for the model it builds from the file."""
+    import torch
+
+    transformers, _ = hf
+    cfg = load_config(folder)
+    shapes = expected_shapes(cfg)
+    if cfg.tie_word_embeddings:
+        del shapes["lm_head.weight"]
+    assert sum(int(np.prod(shape)) for shape in shapes.values()) == count
+    with torch.device("meta"):  # no memory for the weights
+        theirs = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig.from_pretrained(folder))
+    assert theirs.num_parameters() == count
+
+
 def test_defaults_partial_vs_absent_vision():
     """An absent vision_config is ViT-L/14-336; a partial one is filled from CLIP ViT-B/32 defaults."""
     absent = config_from_dict({}).vision
@@ -295,16 +409,42 @@ def test_frozen_and_input_untouched():
 # Errors: each names the file and the field (and the offending value).
 # --------------------------------------------------------------------------------------------------
 
+SUPPORTED = "minillava supports model_type 'llava'"
 BAD = {
-    "model-type-llava-next": ({"model_type": "llava_next"}, ["model_type", "llava_next", "only 'llava'"]),
+    "model-type-llava-next": ({"model_type": "llava_next"}, ["model_type", "llava_next", "LLaVA-NeXT", SUPPORTED]),
     "model-type-onevision": (
         {"model_type": "llava_onevision"},
-        ["model_type", "llava_onevision", "only 'llava'"],
+        ["model_type", "llava_onevision", "LLaVA-OneVision", SUPPORTED],
     ),
-    "text-model-type": ({"text_config": {"model_type": "mistral"}}, ["text_config.model_type", "mistral"]),
+    "model-type-next-video": ({"model_type": "llava_next_video"}, ["llava_next_video", "Video", SUPPORTED]),
+    "model-type-video-llava": ({"model_type": "video_llava"}, ["video_llava", "Video-LLaVA", SUPPORTED]),
+    "model-type-mllama": ({"model_type": "mllama"}, ["mllama", "Llama 3.2 Vision", SUPPORTED]),
+    "model-type-unknown": ({"model_type": "blip-2"}, ["model_type", "blip-2", SUPPORTED]),
+    "text-model-type": ({"text_config": {"model_type": "mistral"}}, ["text_config.model_type", "mistral", "qwen2"]),
     "vision-model-type": (
-        {"vision_config": {"model_type": "siglip_vision_model"}},
-        ["vision_config.model_type", "siglip_vision_model"],
+        {"vision_config": {"model_type": "dinov2"}},
+        ["vision_config.model_type", "dinov2", "siglip_vision_model"],
+    ),
+    "qwen2-sliding-window": (
+        {
+            "text_config": {
+                "model_type": "qwen2",
+                "num_hidden_layers": 4,
+                "use_sliding_window": True,
+                "max_window_layers": 2,
+            }
+        },
+        ["text_config.use_sliding_window", "[2, 3]", "sliding-window"],
+    ),
+    "qwen2-layer-types-sliding": (
+        {
+            "text_config": {
+                "model_type": "qwen2",
+                "num_hidden_layers": 2,
+                "layer_types": ["full_attention", "sliding_attention"],
+            }
+        },
+        ["text_config.use_sliding_window", "[1]"],
     ),
     "vision-config-not-object": ({"vision_config": "clip"}, ["vision_config", "'clip'"]),
     "hidden-size-string": ({"text_config": {"hidden_size": "abc"}}, ["text_config.hidden_size", "'abc'"]),
@@ -323,9 +463,9 @@ BAD = {
     "head-dim-odd": ({"text_config": {"head_dim": 33}}, ["text_config.head_dim", "33"]),
     "eps-string": ({"text_config": {"rms_norm_eps": "1e-5"}}, ["text_config.rms_norm_eps", "'1e-5'"]),
     "eps-negative": ({"vision_config": {"layer_norm_eps": -1.0}}, ["vision_config.layer_norm_eps", "-1.0"]),
-    "image-not-multiple-of-patch": (
-        {"vision_config": {"image_size": 100, "patch_size": 14}},
-        ["vision_config.image_size", "100", "14"],
+    "patch-larger-than-image": (
+        {"vision_config": {"image_size": 10, "patch_size": 14}},
+        ["vision_config.patch_size", "14", "10"],
     ),
     "feature-layer-too-low": ({"vision_feature_layer": -26}, ["vision_feature_layer", "-26", "-25"]),
     "feature-layer-too-high": ({"vision_feature_layer": 25}, ["vision_feature_layer", "25", "24"]),

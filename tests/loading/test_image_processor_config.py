@@ -1,7 +1,8 @@
 """The image processor's settings (minillava.loading.preprocess.load_image_processor_config) from every file form a
 checkpoint folder has: preprocessor_config.json (4.x and older saves), processor_config.json with the image
-processor nested (5.x), both, neither; each checked against the pixel_values Transformers' AutoImageProcessor
-(PIL backend) gives for the same folder."""
+processor nested (5.x), both, neither; CLIP's (llava-1.5) and SigLIP's (llava-interleave), each type with its own
+defaults; each checked against the pixel_values Transformers' AutoImageProcessor (PIL backend) gives for the same
+folder."""
 
 import json
 import warnings
@@ -11,13 +12,16 @@ import pytest
 from minillava.loading.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
+    SIGLIP_DEFAULTS,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
     ImageProcessorConfig,
     image_processor_config_from_dict,
     load_image_processor_config,
     preprocess,
 )
 
-from .images import LLAVA, assert_same, photo_at
+from .images import INTERLEAVE_FOLDER, LLAVA, assert_same, in_mode, photo_at
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +167,97 @@ def test_unsupported_size_form():
         image_processor_config_from_dict({"size": {"shortest_edge": 336, "longest_edge": 672}})
     with pytest.raises(ValueError, match="crop_size"):
         image_processor_config_from_dict({"crop_size": {"shortest_edge": 336}})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SigLIP (llava-interleave): its own defaults, so that CLIP's crop never applies to it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_siglip_image_processor_defaults(hf):
+    siglip = hf.SiglipImageProcessorPil()
+    assert SIGLIP_DEFAULTS.size_hw == (siglip.size.height, siglip.size.width) == (224, 224)
+    assert SIGLIP_DEFAULTS.output_hw == (224, 224)
+    assert SIGLIP_DEFAULTS.image_mean == tuple(siglip.image_mean) == SIGLIP_MEAN
+    assert SIGLIP_DEFAULTS.image_std == tuple(siglip.image_std) == SIGLIP_STD
+    assert SIGLIP_DEFAULTS.resample == int(siglip.resample) == 3
+    assert SIGLIP_DEFAULTS.rescale_factor == siglip.rescale_factor
+    assert not SIGLIP_DEFAULTS.do_center_crop and not siglip.do_center_crop
+    for flag in ["do_resize", "do_rescale", "do_normalize", "do_convert_rgb"]:
+        assert getattr(SIGLIP_DEFAULTS, flag) is getattr(siglip, flag) is True
+
+
+def test_published_interleave_preprocessor_config(hf):
+    """llava-interleave-qwen-0.5b-hf's folder as published (tests/data): preprocessor_config.json gives an exact
+    384 x 384 resize, no crop (the json has no do_center_crop, and CLIP's default must not apply), mean = std = 0.5,
+    do_convert_rgb null; its processor_config.json has no "image_processor" entry."""
+    config = load_image_processor_config(INTERLEAVE_FOLDER)
+    assert config == ImageProcessorConfig(
+        size=384,
+        size_hw=(384, 384),
+        do_center_crop=False,
+        image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD,
+        do_convert_rgb=None,
+    )
+    assert config.output_hw == (384, 384)
+    for image in [photo_at("coffee", (640, 480)), photo_at("chelsea", (13, 7)), in_mode("RGB+transparency")]:
+        processor, want = auto_reference(hf, INTERLEAVE_FOLDER, image)
+        assert type(processor).__name__ == "SiglipImageProcessorPil" and processor.do_convert_rgb is None
+        assert want.shape == (1, 3, 384, 384)
+        assert_same(preprocess(image, config), want)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # every field omitted: SigLIP's defaults, 224 x 224, no crop
+        {"size": {"height": 30, "width": 30}},  # the tiny test model's
+        {"size": {"height": 60, "width": 40}, "resample": 2, "do_convert_rgb": True},
+        {"size": {"height": 50, "width": 50}, "do_center_crop": False, "image_mean": [0.4, 0.5, 0.6]},
+        {"size": {"height": 50, "width": 50}, "do_pad": True},  # a batch pad, no-op after the exact resize
+    ],
+    ids=["omitted", "tiny", "non-square-bilinear", "explicit-no-crop", "do-pad"],
+)
+def test_siglip_config_forms_match_auto_image_processor(hf, tmp_path, settings):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "SiglipImageProcessor", **settings})
+    )
+    config = load_image_processor_config(tmp_path)
+    assert not config.do_center_crop and not config.do_pad and config.size_hw is not None
+    for image in [photo_at("coffee", (640, 480)), photo_at("coffee", (13, 7)), in_mode("L")]:
+        processor, want = auto_reference(hf, tmp_path, image)
+        assert type(processor).__name__ == "SiglipImageProcessorPil"
+        assert_same(preprocess(image, config), want)
+
+
+def test_siglip_nested_in_processor_config(hf, tmp_path):
+    """The 5.x save form: LlavaProcessor.save_pretrained nests the SigLIP image processor in processor_config.json."""
+    image_processor = hf.SiglipImageProcessorPil(size={"height": 384, "width": 384})
+    hf.LlavaProcessor(
+        image_processor=image_processor, tokenizer=_tokenizer(hf), patch_size=14, vision_feature_select_strategy="full"
+    ).save_pretrained(tmp_path)
+    nested = json.loads((tmp_path / "processor_config.json").read_text())["image_processor"]
+    assert nested["image_processor_type"].startswith("Siglip")
+    config = load_image_processor_config(tmp_path)
+    assert (config.size_hw, config.do_center_crop, config.image_mean) == ((384, 384), False, SIGLIP_MEAN)
+    image = photo_at("rocket", (640, 427))
+    assert_same(preprocess(image, config), auto_reference(hf, tmp_path, image)[1])
+
+
+@pytest.mark.parametrize("kind", ["CLIPImageProcessor", "SiglipImageProcessor"])
+def test_do_convert_rgb_null_true_false(kind):
+    """null: RGB images as they are, other modes converted (Transformers converts nothing: test_preprocess.py);
+    true: every image converted; false: RGB only. An omitted field is the class default, true."""
+    forms = {None: None, True: True, False: False}
+    for value, want in forms.items():
+        config = image_processor_config_from_dict({"image_processor_type": kind, "do_convert_rgb": value})
+        assert config.do_convert_rgb is want
+    assert image_processor_config_from_dict({"image_processor_type": kind}).do_convert_rgb is True
+    grey = in_mode("L")
+    null = image_processor_config_from_dict({"image_processor_type": kind, "do_convert_rgb": None})
+    assert_same(
+        preprocess(grey, null), preprocess(grey, image_processor_config_from_dict({"image_processor_type": kind}))
+    )
+    with pytest.raises(ValueError, match="'L'"):
+        preprocess(grey, image_processor_config_from_dict({"image_processor_type": kind, "do_convert_rgb": False}))

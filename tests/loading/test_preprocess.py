@@ -1,7 +1,8 @@
 """minillava.loading.preprocess against Transformers' PIL-backend image processors (CLIPImageProcessorPil and
-LlavaImageProcessorPil, which CLIPImageProcessor / LlavaImageProcessor / AutoImageProcessor fall back to
-without torchvision), on real photographs from scikit-image in every size, aspect and PIL mode; and bad input.
-The settings' file forms: test_image_processor_config.py. Pixel values are compared bit for bit (images.py)."""
+LlavaImageProcessorPil for llava-1.5, SiglipImageProcessorPil for llava-interleave, which the processors without
+"Pil" and AutoImageProcessor fall back to without torchvision), on real photographs from scikit-image in every
+size, aspect and PIL mode; and bad input. The settings' file forms: test_image_processor_config.py. Pixel values
+are compared bit for bit (images.py)."""
 
 import numpy as np
 import pytest
@@ -17,10 +18,13 @@ from minillava.loading.preprocess import (
 
 from .images import (
     DEFAULT,
+    INTERLEAVE,
+    INTERLEAVE_TINY,
     LLAVA,
     MODES,
     PHOTOS,
     SETTINGS,
+    SIGLIP_SETTINGS,
     SIZES,
     assert_same,
     in_mode,
@@ -28,6 +32,7 @@ from .images import (
     photo,
     photo_at,
     reference,
+    siglip_reference,
 )
 
 
@@ -222,6 +227,79 @@ def test_pad_colour_is_the_truncated_mean():
     assert got.shape == (3, 4, 4)
     assert tuple(got[:, 0, 0]) == (122, 116, 104) and tuple(got[:, 3, 3]) == (122, 116, 104)
     assert got[:, 1:3].sum() == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SigLIP (llava-interleave): exact resize to a square, no crop, mean = std = 0.5, against SiglipImageProcessorPil
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", SIGLIP_SETTINGS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", PHOTOS)
+def test_siglip_photo_sizes(hf, name, size, setting):
+    """The published settings as they are for RGB photographs; the grayscale camera against do_convert_rgb=True,
+    since with the published null Transformers refuses it (test_siglip_non_rgb_modes)."""
+    image = photo_at(name, size)
+    settings = SIGLIP_SETTINGS[setting]
+    got = preprocess([image], ours(settings))
+    assert got.shape == (1, 3, *(settings["size"][k] for k in ("height", "width")))
+    assert_same(got, siglip_reference(hf, [image], settings, convert_rgb=image.mode != "RGB"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_siglip_modes(hf, mode):
+    """With llava-interleave's published "do_convert_rgb": null, Transformers 5.24 converts nothing: RGB images
+    (a transparent colour key too) are used as they are, and minillava gives the same; every other mode fails there
+    (or, YCbCr and HSV, has its bands read as R, G, B), and minillava converts it to RGB (transparency on white) as
+    Transformers does with do_convert_rgb=True (documented in image_processor_config_from_dict)."""
+    image = in_mode(mode)
+    for settings in (INTERLEAVE, INTERLEAVE_TINY):
+        got = preprocess([image], ours(settings))
+        if image.mode == "RGB":
+            assert_same(got, siglip_reference(hf, [image], settings))  # the published settings, as they are
+            continue
+        assert_same(got, siglip_reference(hf, [image], settings, convert_rgb=True))
+        try:
+            unconverted = siglip_reference(hf, [image], settings)
+        except (ValueError, TypeError):
+            assert image.mode not in ("YCbCr", "HSV")
+        else:
+            assert image.mode in ("YCbCr", "HSV") and not np.array_equal(got, unconverted)
+
+
+def test_siglip_batch_of_mixed_sizes_and_modes(hf):
+    images = [
+        photo_at("coffee", (640, 480)),
+        photo_at("camera", (7, 13)),
+        in_mode("RGBA"),
+        in_mode("P"),
+        photo("rocket"),
+    ]
+    got = preprocess(images, ours(INTERLEAVE))
+    assert got.shape == (5, 3, 384, 384)
+    assert_same(got, siglip_reference(hf, images, INTERLEAVE, convert_rgb=True))
+    assert got.min() >= -1 and got.max() <= 1  # mean = std = 0.5: pixels in [-1, 1]
+
+
+def test_siglip_does_not_crop_or_keep_the_aspect(hf):
+    """A wide photo is squeezed to the square, not cropped: its left and right edges are still there."""
+    image = photo_at("chelsea", (451, 300))
+    config = ours(INTERLEAVE_TINY)
+    assert not config.do_center_crop and config.size_hw == config.output_hw == (30, 30)
+    want = np.asarray(image.resize((30, 30), Image.Resampling.BICUBIC), np.float64).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(preprocess(image, config)[0], (want - 0.5) / 0.5, atol=1e-6)
+
+
+def test_siglip_png_with_transparency_and_paths(hf, tmp_path):
+    """Files opened again (transparency from the file), and paths, which Transformers' load_image turns into RGB
+    with convert("RGB") (alpha dropped) before the processor sees them, so the published settings apply."""
+    for mode in ["P+transparency", "LA", "RGBA"]:
+        path = tmp_path / f"{mode}.png"
+        in_mode(mode).save(path)
+        with Image.open(path) as image:
+            assert_same(preprocess([image], ours(INTERLEAVE)), siglip_reference(hf, [image], INTERLEAVE, True))
+        assert_same(preprocess([path], ours(INTERLEAVE)), siglip_reference(hf, [str(path)], INTERLEAVE))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ from .weight_files import (  # noqa: E402
     F32_ONES,
     KEY,
     LAYOUTS,
+    TEXT,
     TORCH_DTYPES,
+    VISION,
     build_model,
     canonical_from_memory,
     raw_safetensors,
@@ -166,6 +168,36 @@ def test_biases_gqa_and_feature_layer_list(tmp_path):
         load_weights(tmp_path, other)
 
 
+@pytest.mark.parametrize("use_head", [False, True])
+def test_siglip_and_qwen2_shapes(tmp_path, use_head):
+    """llava-interleave's towers: SigLIP (a conv with bias, no CLS, no pre-LayerNorm; its pooling head when the
+    config has one) and Qwen2 (q/k/v biases, o_proj without, tied embeddings): exactly the tensors of
+    Transformers' model, loaded equal."""
+    vision = dict(VISION, model_type="siglip_vision_model", image_size=30, patch_size=7, vision_use_head=use_head)
+    text = dict(TEXT, model_type="qwen2", tie_word_embeddings=True)
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=99)
+    torch.manual_seed(3)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_()
+    model.save_pretrained(tmp_path)
+    ours = load_config(tmp_path)
+    shapes = expected_shapes(ours)
+    state = {canonical_from_memory(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == state
+    assert shapes["vision_tower.embeddings.patch_embedding.bias"] == (VISION["hidden_size"],)
+    assert shapes["vision_tower.embeddings.position_embedding.weight"] == (16, VISION["hidden_size"])  # 4 x 4, no CLS
+    assert "vision_tower.embeddings.class_embedding" not in shapes and "vision_tower.pre_layrnorm.weight" not in shapes
+    assert ("vision_tower.head.probe" in shapes) == use_head
+    assert "language_model.layers.0.self_attn.q_proj.bias" in shapes
+    assert "language_model.layers.0.self_attn.o_proj.bias" not in shapes
+    flat = flatten(load_weights(tmp_path, ours))  # tied: lm_head is embed_tokens, as in the model
+    assert flat["lm_head.weight"] is flat["language_model.embed_tokens.weight"]
+    for key, tensor in model.state_dict().items():
+        assert np.array_equal(flat[canonical_from_memory(key)], tensor.numpy()), key
+
+
 def test_expected_shapes_llava_7b():
     """The published llava-1.5-7b-hf config gives its 7,063,427,072 parameters."""
     shapes = expected_shapes(load_config(DATA / "llava-1.5-7b-hf"))
@@ -261,6 +293,23 @@ def test_tied_embeddings(tied_folder):
     untied = dataclasses.replace(config, tie_word_embeddings=False)
     with pytest.raises(ValueError, match=r"missing tensor 'lm_head.weight', expected shape \(100, 32\)"):
         load_weights(tied_folder, untied)
+
+
+def test_tied_copy_stored_as_lm_head(tied_folder, tmp_path):
+    """A tied checkpoint whose one copy is stored under lm_head's name instead of embed_tokens' (which
+    llava-interleave's is, is not known): both names get it, as in Transformers."""
+    folder = tmp_path / "as_head"
+    shutil.copytree(tied_folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    stored = [k for k in tensors if k.endswith("embed_tokens.weight")]
+    assert len(stored) == 1
+    tensors["language_model.lm_head.weight"] = weight = tensors.pop(stored[0])
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    params = load_weights(folder, load_config(folder))
+    assert params["lm_head"]["weight"] is params["language_model"]["embed_tokens"]["weight"]
+    assert np.array_equal(params["lm_head"]["weight"], weight.numpy())
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    assert np.array_equal(hf.model.language_model.embed_tokens.weight.detach().numpy(), weight.numpy())
 
 
 def test_tied_config_with_its_own_lm_head(tied_folder, tmp_path):

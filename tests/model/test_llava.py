@@ -8,6 +8,7 @@ import pytest
 
 import minillava
 from minillava.model.backend import to_numpy
+from minillava.model.trace import activation_names
 
 from .helpers import BATCH, LOGITS_TOL, MODULE_TOL, hf_logits, make_inputs, rel_err
 
@@ -28,6 +29,13 @@ CHECKPOINTS = [
     ("rope_linear", "fresh", "float32", False),
     ("rope_llama3", "fresh", "float32", False),
     ("tied", "fresh", "float32", False),
+    # llava-interleave's shape: SigLIP + Qwen2, in every layout and file dtype
+    ("interleave", "fresh", "float32", False),
+    ("interleave", "hub", "float16", True),
+    ("interleave", "internal", "bfloat16", False),
+    ("interleave_head", "hub", "float32", False),
+    ("interleave_default", "fresh", "float32", False),
+    ("interleave_untied", "internal", "float32", False),
 ]
 
 
@@ -95,7 +103,7 @@ def hf_module_outputs(hf, names, input_ids, attention_mask, pixel_values):
     return outputs
 
 
-@pytest.mark.parametrize("variant", ["base", "layer_list", "full"])
+@pytest.mark.parametrize("variant", ["base", "layer_list", "full", "interleave", "interleave_default"])
 def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_model, device, variant):
     folder = tiny_checkpoint(variant, "fresh", "float32", False)
     model, hf = minillava.load_model(folder, device=device), hf_model(folder)
@@ -104,12 +112,13 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
 
     names = {  # our trace name -> Transformers module path
         "vision_tower.embeddings": "model.vision_tower.embeddings",
-        "vision_tower.pre_layrnorm": "model.vision_tower.pre_layrnorm",
         "multi_modal_projector": "model.multi_modal_projector",
         "language_model.embed_tokens": "model.language_model.embed_tokens",
         "language_model.norm": "model.language_model.norm",
         "lm_head": "lm_head",
     }
+    if cfg.vision.model_type == "clip_vision_model":  # SigLIP has no LayerNorm before its layers
+        names["vision_tower.pre_layrnorm"] = "model.vision_tower.pre_layrnorm"
     for i in range(cfg.vision_layers_needed):
         for part in ("", ".layer_norm1", ".self_attn", ".layer_norm2", ".mlp"):
             names[f"vision_tower.encoder.layers.{i}{part}"] = f"model.vision_tower.encoder.layers.{i}{part}"
@@ -129,4 +138,6 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
         assert rel_err(ours, theirs) <= MODULE_TOL, name
     # Layers past the selected one are never computed.
     n_computed = sum(name.startswith("vision_tower.encoder.layers.") and name.count(".") == 3 for name in trace)
-    assert n_computed == cfg.vision_layers_needed < cfg.vision.num_hidden_layers + (variant == "layer_list")
+    every_layer = variant in ("layer_list", "interleave")  # they read the last layer
+    assert n_computed == cfg.vision_layers_needed < cfg.vision.num_hidden_layers + every_layer
+    assert sorted(trace) == sorted(activation_names(cfg, with_images=True))

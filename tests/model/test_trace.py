@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import minillava
+import minillava.model.clip
 import minillava.model.llama
 import minillava.model.llava
-import minillava.model.vision
 from minillava.model.trace import activation_names, order_key, record
 
 from .helpers import BATCH, make_inputs
@@ -20,7 +20,7 @@ def model(tiny_checkpoint):
 
 
 def spy_on_record(monkeypatch):
-    """Wrap ``record`` at its call sites (llava, vision and llama import it by name); returns the list of
+    """Wrap ``record`` at its call sites (llava, clip and llama import it by name); returns the list of
     (trace, name) each call gets."""
     calls = []
 
@@ -28,7 +28,7 @@ def spy_on_record(monkeypatch):
         calls.append((trace, name))
         record(trace, name, value)
 
-    for module in (minillava.model.llava, minillava.model.vision, minillava.model.llama):
+    for module in (minillava.model.llava, minillava.model.clip, minillava.model.llama):
         monkeypatch.setattr(module, "record", spy)
     return calls
 

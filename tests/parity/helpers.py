@@ -4,10 +4,10 @@ minillava run against Transformers' trace, and the arguments of `minillava parit
 import numpy as np
 
 import minillava.model.attention
+import minillava.model.clip
 import minillava.model.llama
 import minillava.model.llava
 import minillava.model.rope
-import minillava.model.vision
 from minillava import parity
 
 PROMPTS = ["<image>\n<image>\nCompare the two pictures.", "<image>\nWhat is shown?"]  # row 1 gets left padding
@@ -34,16 +34,16 @@ def rotate_interleaved(x):
 
 
 def keep_cls(monkeypatch):
-    original = minillava.model.vision.select_features
+    original = minillava.model.clip.select_features
     monkeypatch.setattr(
         minillava.model.llava, "select_features", lambda hs, layer, strategy: original(hs, layer, "full")
     )
 
 
 def layer_norm_eps(monkeypatch):
-    original = minillava.model.vision.layer_norm
+    original = minillava.model.clip.layer_norm
     monkeypatch.setattr(
-        minillava.model.vision, "layer_norm", lambda x, weight, bias, eps: original(x, weight, bias, 1e-2)
+        minillava.model.clip, "layer_norm", lambda x, weight, bias, eps: original(x, weight, bias, 1e-2)
     )
 
 

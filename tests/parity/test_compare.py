@@ -5,9 +5,12 @@ entries are compared (real positions only, tolerances, NaN, missing entries)."""
 import numpy as np
 import pytest
 
+import minillava
 from minillava import parity
+from minillava.model import siglip
 from minillava.model.trace import activation_names
 
+from ..model.helpers import BATCH, make_inputs
 from .helpers import BUGS, keep_cls, report_for, rotate_half_interleaved
 
 
@@ -104,3 +107,26 @@ def test_tolerances_nan_and_missing_entries():
     assert report.first_failure.status == "missing" and report.first_failure.message == "not in the candidate"
     allowed = parity.compare_traces(reference, candidate, tol=1e-3, allow_missing=True)
     assert [r.name for r in allowed.failures()] == ["lm_head"]
+
+
+def test_interleave_checkpoints_compare_unchanged(tiny_checkpoint, monkeypatch):
+    """The parity tool on llava-interleave's shape (SigLIP + Qwen2): both sides record the same activations (no
+    pre_layrnorm: SigLIP has none), a clean run passes, and a bug planted in the SigLIP embeddings is caught
+    there first."""
+    folder = tiny_checkpoint("interleave", "hub", "float16", True)
+    model, hf = minillava.load_model(folder), parity.load_transformers(folder)
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(4), BATCH)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+    theirs, error = parity.transformers_trace(hf, model.config, inputs)
+    assert error is None
+    ours, _ = parity.minillava_trace(model, inputs)
+    report = parity.compare_traces(theirs, ours)
+    assert report.passed, parity.format_report(report)
+    names = [r.name for r in report.rows]
+    assert names == list(parity.INPUT_NAMES) + activation_names(model.config, with_images=True)
+    assert "vision_tower.pre_layrnorm" not in names and "vision_tower.encoder.layers.2" in names
+
+    upside_down = siglip.embeddings
+    monkeypatch.setattr(siglip, "embeddings", lambda params, pixels: upside_down(params, pixels[:, :, ::-1]))
+    bad, _ = parity.minillava_trace(model, inputs)
+    assert parity.compare_traces(theirs, bad).first_failure.name == "vision_tower.embeddings"

@@ -4,7 +4,8 @@
                  -> encoder layers (pre-LN attention and MLP, residual) -> selected hidden state(s)
 
 LLaVA takes the hidden state of an inner layer (``vision_feature_layer``, -2 for llava-1.5), so the
-layers after it are never computed, and CLIP's ``post_layernorm`` is never used.
+layers after it are never computed, and CLIP's ``post_layernorm`` is never used. SigLIP (siglip.py),
+llava-interleave's tower, is this encoder with other embeddings.
 
 Shape letters: N = images, C = channels (3), S = image side in pixels, P = patch side,
 G = S // P patches per side, Np = G * G patches, Dv = vision hidden size, Fv = MLP size,
@@ -19,25 +20,28 @@ from .layers import activation, layer_norm, linear
 from .trace import record
 
 FEATURE_SELECT_STRATEGIES = ("default", "full")
-"""`vision_feature_select_strategy`: "default" drops the CLS token from the selected features, "full" keeps it."""
+"""`vision_feature_select_strategy`: "default" drops the first token (CLIP's CLS) from the selected features,
+"full" keeps every token."""
 
 
-def patch_embed(pixel_values, weight):
-    """The stride-P, P×P convolution of CLIP (no bias), written as a reshape and one matmul.
+def patch_embed(pixel_values, weight, bias=None):
+    """The stride-P, P×P convolution of CLIP (no bias) and SigLIP (a bias), written as a reshape and one matmul.
 
     A convolution whose stride equals its kernel sees each patch exactly once, so it is a linear
     map applied to every flattened patch. Patches are ordered row by row (left to right, top to
     bottom), as the convolution's output is flattened in Transformers.
 
-    pixel_values: [N, C, S, S], weight: [Dv, C, P, P]  ->  [N, Np, Dv]
+    pixel_values: [N, C, S, S], weight: [Dv, C, P, P], bias: [Dv] or None (CLIP has none)  ->  [N, Np, Dv]
     """
     N, C, S_h, S_w = pixel_values.shape
     Dv, _, P, _ = weight.shape
     Gh, Gw = S_h // P, S_w // P
+    # A "valid" convolution: pixels past the last whole patch are not seen (none when P divides S).
+    pixel_values = pixel_values[:, :, : Gh * P, : Gw * P]  # [N, C, Gh*P, Gw*P]
     patches = pixel_values.reshape(N, C, Gh, P, Gw, P)  # [N, C, Gh, P, Gw, P]
     patches = patches.transpose(0, 2, 4, 1, 3, 5)  # [N, Gh, Gw, C, P, P]
     patches = patches.reshape(N, Gh * Gw, C * P * P)  # [N, Np, C*P*P]
-    return linear(patches, weight.reshape(Dv, C * P * P))  # [N, Np, Dv]
+    return linear(patches, weight.reshape(Dv, C * P * P), bias)  # [N, Np, Dv]
 
 
 def embeddings(params, pixel_values):

@@ -1,10 +1,10 @@
-"""minillava.model.vision against torch's strided convolution and Transformers' CLIPVisionEmbeddings, on the same
+"""minillava.model.clip against torch's strided convolution and Transformers' CLIPVisionEmbeddings, on the same
 random input (the tower's layers are compared with Transformers' in test_llava.py)."""
 
 import numpy as np
 import torch
 
-from minillava.model import vision
+from minillava.model import clip
 
 from .helpers import close
 
@@ -14,7 +14,7 @@ def test_patch_embed_equals_the_strided_convolution(rng):
     weight = rng.standard_normal((16, 3, 14, 14)).astype(np.float32)
     ref = torch.nn.functional.conv2d(torch.from_numpy(pixel_values), torch.from_numpy(weight), stride=14)
     ref = ref.flatten(2).transpose(1, 2)  # [N, Np, Dv], patches row by row
-    close(vision.patch_embed(pixel_values, weight), ref)
+    close(clip.patch_embed(pixel_values, weight), ref)
 
 
 def test_clip_embeddings_match_clip_vision_embeddings(rng):
@@ -32,4 +32,4 @@ def test_clip_embeddings_match_clip_vision_embeddings(rng):
         "position_embedding": {"weight": module.position_embedding.weight.detach().numpy()},
     }
     pixel_values = rng.standard_normal((3, 3, 28, 28)).astype(np.float32)
-    close(vision.embeddings(params, pixel_values), module(torch.from_numpy(pixel_values)))
+    close(clip.embeddings(params, pixel_values), module(torch.from_numpy(pixel_values)))
