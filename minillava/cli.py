@@ -4,6 +4,7 @@
     minillava --image cat.jpg --question "What is shown?"
     minillava --image cat.jpg --chat            # a multi-turn conversation about one picture
     minillava --model path/to/llava-1.5-7b-hf --image cat.jpg --question "..." --device cuda
+    minillava --model path/to/llava-interleave-qwen-0.5b-hf --image cat.jpg   # SigLIP + Qwen2, its own template
 
 ``--model`` takes a local llava-hf folder or a hub id (downloaded with huggingface_hub when it is
 installed). Every error is one line on stderr and a non-zero exit status; Ctrl-C stops cleanly.

@@ -74,18 +74,28 @@ def test_real_llava_1_5_7b_logits_match_transformers():
     reason="set MINILLAVA_LLAVA_INTERLEAVE to a downloaded llava-hf/llava-interleave-qwen-0.5b-hf folder to run it",
 )
 def test_real_llava_interleave_0_5b_matches_transformers():
-    """The folder's small files are the ones checked in as test data; the processor's outputs, the logits and 24
-    greedy tokens equal Transformers' on a photo with the folder's own chat template."""
+    """The folder's small files are the ones checked in as test data; then as below, on the real weights."""
     import json
-
-    import torch
-    from PIL import Image
-    from skimage import data
-    from transformers import AutoImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
     folder = Path(REAL_INTERLEAVE)
     for name in ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json"):
         assert json.loads((folder / name).read_text()) == json.loads((INTERLEAVE_DATA / name).read_text()), name
+    assert_matches_transformers(folder)
+
+
+def test_the_interleave_check_runs_on_a_stand_in(tiny_checkpoint):
+    """The opt-in check above, on the tiny interleave checkpoint (the same files, random weights): so that its
+    code cannot rot unnoticed while nobody has the weights at hand."""
+    assert_matches_transformers(tiny_checkpoint("interleave_chat", "hub", "bfloat16", False))
+
+
+def assert_matches_transformers(folder: Path) -> None:
+    """The processor's outputs, the logits and 24 greedy tokens equal Transformers' on a photo with the folder's
+    own chat template."""
+    import torch
+    from PIL import Image
+    from skimage import data
+    from transformers import AutoImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
     model, processor = minillava.load_model(folder), minillava.load_processor(folder)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]

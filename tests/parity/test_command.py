@@ -21,6 +21,17 @@ def test_command_line_clean_run_exits_0(folder, pictures, capsys):
     assert names == sorted(names, key=order_key) and names[-1] == "lm_head"
 
 
+def test_command_line_on_a_llava_interleave_folder(tiny_checkpoint, pictures, capsys):
+    """`minillava parity` on llava-interleave's shape (SigLIP + Qwen2, its ChatML template and tokenizer), unchanged:
+    every entry within the float32 tolerances, no pre_layrnorm row (SigLIP has none)."""
+    folder = tiny_checkpoint("interleave_chat", "hub", "bfloat16", False)
+    assert cli.main(run_args(folder, pictures)) == 0
+    out = capsys.readouterr().out
+    n_entries = 2 + 1 + 1 + 3 * 5 + 2 + 2 + 2 * 5 + 2  # inputs, pixels, embeddings, 3 SigLIP layers, ..., lm_head
+    assert f"PASS: all {n_entries} compared entries within tolerance" in out
+    assert "vision_tower.encoder.layers.2.mlp" in out and "pre_layrnorm" not in out
+
+
 def test_command_line_planted_bug_exits_1(folder, pictures, monkeypatch, capsys):
     kv_heads_tiled(monkeypatch)
     assert cli.main(run_args(folder, pictures)) == 1
