@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chat", action="store_true", help="interactive multi-turn chat about --image")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (NumPy) or cuda (CuPy)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default=None, help="compute dtype")
-    parser.add_argument("--low-memory", action="store_true", help="keep float16 weights memory-mapped (7B on 16 GB)")
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="keep the weights in the file's dtype, memory-mapped (default: chosen from the memory available)",
+    )
+    parser.add_argument("--memory-budget", help="plan with this much memory, e.g. 12GB (default: what is available)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -86,9 +91,9 @@ def load(args, folder: Path):
     try:
         minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
-        model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory,
-                                     progress=progress)  # fmt: skip
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory or None,
+                                     progress=progress, memory_budget=args.memory_budget)  # fmt: skip
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as err:
         raise CliError(f"--model {folder}: {err}") from None
     if shown[0] >= 0:
         print(file=sys.stderr)

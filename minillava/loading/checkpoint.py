@@ -22,28 +22,59 @@ from ..model.generate import generation_defaults
 from ..model.llava import COMPUTE_DTYPES, LlavaModel
 from .config import load_config
 from .files import read_json
-from .weights import load_weights
+from .memory import plan_memory, weight_bytes
+from .weights import expected_shapes, file_dtypes, load_weights
+
+QUANTIZE_CHOICES = ("int8", "int4", "nf4")  # weight-only quantization of the language model's linear layers
+ATTN_IMPLEMENTATIONS = ("eager", "tiled")  # the plain attention (the reference) or the tiled one
 
 
 def load_model(
-    path=None, device: str = "cpu", dtype: str = "float32", low_memory: bool = False, progress=None
+    path=None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    low_memory: bool | None = None,
+    progress=None,
+    *,
+    quantize: str | None = None,
+    attn_implementation: str = "eager",
+    memory_budget=None,
 ) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
     path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
 
     device: "cpu" (NumPy) or "cuda" (CuPy). dtype: the compute dtype, "float32" (the reference,
-    the default) or "float16". low_memory: keep the weights in the file's dtype, memory-mapped, and
-    cast each one where it is used, so llava-1.5-7b (14 GB of float16) runs in float32 on a 16 GB
-    machine at the cost of a cast per use. progress: an optional ``progress(bytes_done, bytes_total)``
-    callback while the weights are read.
+    the default) or "float16". low_memory: True keeps the weights in the file's dtype, memory-mapped, and
+    casts each one where it is used (llava-1.5-7b's 14 GB of float16 on a 16 GB machine, at the cost of a
+    cast per use); False casts them all to ``dtype`` in RAM; None (the default) chooses from the checkpoint's
+    size and the memory available, says which in one line for a large checkpoint, and refuses with a clear
+    error, before reading, a checkpoint that cannot fit either way (loading/memory.py). memory_budget: plan
+    with this much memory (bytes or "12GB") instead of what the system reports. quantize: None, or one of
+    QUANTIZE_CHOICES (weight-only, the language model's linear layers). attn_implementation: "eager" (the
+    plain attention, the default) or "tiled" (blocks of keys with an online softmax). progress: an optional
+    ``progress(bytes_done, bytes_total)`` callback while the weights are read.
     """
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if low_memory not in (None, True, False):
+        raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
     backend.check_device(device)
     if device == "cuda":
         backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
     folder = Path(path) if path is not None else demo_folder()
     config = load_config(folder)
+    if device == "cpu":
+        in_ram, at_rest = weight_bytes(expected_shapes(config), file_dtypes(folder), dtype)
+        plan = plan_memory(in_ram, at_rest, low_memory, memory_budget)
+        if plan.announce:
+            print(f"minillava: {folder}: {plan.message}", file=sys.stderr)
+        low_memory = plan.low_memory
+    if quantize is not None or attn_implementation != "eager":
+        raise NotImplementedError(f"quantize={quantize!r} / attn_implementation={attn_implementation!r}: to come")
     params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress)
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)

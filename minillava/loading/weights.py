@@ -292,6 +292,47 @@ def _checkpoint_files(folder: str) -> dict[str, list[str] | None]:
 # --------------------------------------------------------------------------------------------------
 
 
+def read_headers(folder) -> tuple[dict, dict]:
+    """The headers of a checkpoint's safetensors files and where each canonical tensor is, nothing else read:
+    ({path: (tensor infos, data start)}, {canonical key: (path, checkpoint key)}). Every name is checked: a key of
+    no known layout, a tensor the index names but the shard lacks, a non-float tensor, two layouts mixed."""
+    folder = os.fspath(folder)
+    headers = {}  # path -> (tensor infos, data start)
+    plan = {}  # canonical key -> (path, checkpoint key)
+    for path, names in _checkpoint_files(folder).items():
+        tensors, data_start = read_header(path)
+        headers[path] = (tensors, data_start)
+        if names is None:
+            names = list(tensors)
+        for name in names:
+            if name not in tensors:
+                raise ValueError(f"{path}: has no tensor {name!r}, which {INDEX_FILE} says it holds")
+            try:
+                key = canonical_key(name)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+            if key is None:
+                continue
+            if tensors[name]["dtype"] not in FLOAT_DTYPES:
+                found = tensors[name]["dtype"]
+                raise ValueError(f"{path}: tensor {name!r} has dtype {found}, expected a float type")
+            if key in plan:
+                other_path, other = plan[key]
+                raise ValueError(
+                    f"{path}: tensor {name!r} and {other!r} (in {other_path}) both map to {key!r}: "
+                    "the checkpoint mixes key layouts"
+                )
+            plan[key] = (path, name)
+
+    return headers, plan
+
+
+def file_dtypes(folder) -> dict[str, str]:
+    """{canonical key: the tensor's safetensors dtype ("F16", "BF16", ...)}, read from the headers alone."""
+    headers, plan = read_headers(folder)
+    return {key: headers[path][0][name]["dtype"] for key, (path, name) in plan.items()}
+
+
 def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
     """Load a LLaVA checkpoint folder into a nested dict of arrays in the canonical layout.
 
@@ -320,32 +361,7 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
             raise ValueError(f"dtype must be 'float32', 'float16' or None, got {dtype}")
 
     # 1. Every header, every name checked before any tensor data is touched.
-    headers = {}  # path -> (tensor infos, data start)
-    plan = {}  # canonical key -> (path, checkpoint key)
-    for path, names in _checkpoint_files(folder).items():
-        tensors, data_start = read_header(path)
-        headers[path] = (tensors, data_start)
-        if names is None:
-            names = list(tensors)
-        for name in names:
-            if name not in tensors:
-                raise ValueError(f"{path}: has no tensor {name!r}, which {INDEX_FILE} says it holds")
-            try:
-                key = canonical_key(name)
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from None
-            if key is None:
-                continue
-            if tensors[name]["dtype"] not in FLOAT_DTYPES:
-                found = tensors[name]["dtype"]
-                raise ValueError(f"{path}: tensor {name!r} has dtype {found}, expected a float type")
-            if key in plan:
-                other_path, other = plan[key]
-                raise ValueError(
-                    f"{path}: tensor {name!r} and {other!r} (in {other_path}) both map to {key!r}: "
-                    "the checkpoint mixes key layouts"
-                )
-            plan[key] = (path, name)
+    headers, plan = read_headers(folder)
 
     embed, head = "language_model.embed_tokens.weight", "lm_head.weight"
     stored, missing = None, None  # with tied embeddings, the one copy the file holds and the name it lacks
