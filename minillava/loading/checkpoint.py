@@ -11,6 +11,7 @@ a folder; with no name, it is the demo model bundled with minillava.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,14 +20,14 @@ import numpy as np
 from ..demo import demo_folder
 from ..model import backend
 from ..model.generate import generation_defaults
-from ..model.llava import COMPUTE_DTYPES, LlavaModel
+from ..model.llava import ATTN_IMPLEMENTATIONS, COMPUTE_DTYPES, LlavaModel
+from ..model.quantize import FORMATS, QuantizedWeight
 from .config import load_config
 from .files import read_json
 from .memory import plan_memory, weight_bytes
 from .weights import expected_shapes, file_dtypes, load_weights
 
-QUANTIZE_CHOICES = ("int8", "int4", "nf4")  # weight-only quantization of the language model's linear layers
-ATTN_IMPLEMENTATIONS = ("eager", "tiled")  # the plain attention (the reference) or the tiled one
+QUANTIZE_CHOICES = FORMATS  # "int8", "int4", "nf4": weight-only quantization of the language model's linear layers
 
 
 def load_model(
@@ -50,7 +51,9 @@ def load_model(
     size and the memory available, says which in one line for a large checkpoint, and refuses with a clear
     error, before reading, a checkpoint that cannot fit either way (loading/memory.py). memory_budget: plan
     with this much memory (bytes or "12GB") instead of what the system reports. quantize: None, or one of
-    QUANTIZE_CHOICES (weight-only, the language model's linear layers). attn_implementation: "eager" (the
+    QUANTIZE_CHOICES: the language model's linear weights stored as integers and scales (model/quantize.py;
+    int8 per row, int4 and nf4 in groups of 64), each quantized as it is read, and turned back into floats where
+    it is multiplied; the other weights follow ``low_memory``. attn_implementation: "eager" (the
     plain attention, the default) or "tiled" (blocks of keys with an online softmax). progress: an optional
     ``progress(bytes_done, bytes_total)`` callback while the weights are read.
     """
@@ -68,26 +71,33 @@ def load_model(
     folder = Path(path) if path is not None else demo_folder()
     config = load_config(folder)
     if device == "cpu":
-        in_ram, at_rest = weight_bytes(expected_shapes(config), file_dtypes(folder), dtype)
-        plan = plan_memory(in_ram, at_rest, low_memory, memory_budget)
+        in_ram, at_rest = weight_bytes(expected_shapes(config), file_dtypes(folder), dtype, quantize)
+        plan = plan_memory(in_ram, at_rest, low_memory, memory_budget, quantize)
         if plan.announce:
             print(f"minillava: {folder}: {plan.message}", file=sys.stderr)
         low_memory = plan.low_memory
-    if quantize is not None or attn_implementation != "eager":
-        raise NotImplementedError(f"quantize={quantize!r} / attn_implementation={attn_implementation!r}: to come")
-    params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress)
+    params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress, quantize=quantize)
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
     defaults = generation_defaults(config, read_json(folder / "generation_config.json"))
-    return LlavaModel(config, params, device=device, dtype=dtype, generation_defaults=defaults)
+    return LlavaModel(
+        config,
+        params,
+        device=device,
+        dtype=dtype,
+        generation_defaults=defaults,
+        attn_implementation=attn_implementation,
+    )
 
 
 def _map_arrays(fn, tree):
-    """Apply fn to every array of a nested dict/list of parameters."""
+    """Apply fn to every array of a nested dict/list of parameters (a QuantizedWeight's integers and scales)."""
     if isinstance(tree, dict):
         return {k: _map_arrays(fn, v) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_map_arrays(fn, v) for v in tree]
+    if isinstance(tree, QuantizedWeight):
+        return dataclasses.replace(tree, data=fn(tree.data), scales=fn(tree.scales))
     return fn(tree)
 
 

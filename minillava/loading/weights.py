@@ -25,13 +25,17 @@ Shape letters used below (see ``expected_shapes``):
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
+from ..model.quantize import FORMATS as QUANTIZE_FORMATS
+from ..model.quantize import quantize as quantize_weight
 from .files import read_json
-from .safetensors import FLOAT_DTYPES, map_buffer, read_header, tensor
+from .safetensors import FLOAT_DTYPES, SAFETENSORS_DTYPES, bfloat16_to_float32, map_buffer, read_header, tensor
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,6 +59,22 @@ _PREFIXES = (
 # Buffers some checkpoints carry that are not weights: CLIP's position_ids (arange(Np+1)) and the
 # rotary inv_freq of old Llama checkpoints. Both are recomputed from the config.
 _IGNORED_SUFFIXES = (".position_ids", ".inv_freq")
+
+# The weights ``load_weights(..., quantize=...)`` stores quantized (model/quantize.py): the language model's seven
+# linear layers per block. See ``is_quantized``.
+QUANTIZED_WEIGHTS = re.compile(
+    r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight"
+)
+
+# Tensors only a checkpoint saved already quantized has (name ending -> its format), and what each format's
+# tools call it: found in the headers, before any weight is read (``read_headers``).
+_PREQUANTIZED = (
+    ((".weight.absmax", ".weight.quant_map", ".weight.nested_absmax", ".weight.nested_quant_map",
+      ".weight.quant_state.bitsandbytes__nf4", ".weight.quant_state.bitsandbytes__fp4"),
+     "bitsandbytes 4-bit (nf4/fp4, load_in_4bit)"),
+    ((".SCB", ".weight_format"), "bitsandbytes 8-bit (LLM.int8, load_in_8bit)"),
+    ((".qweight", ".qzeros", ".g_idx"), "GPTQ or AWQ (qweight/qzeros/scales)"),
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,6 +102,24 @@ def canonical_key(key: str) -> str | None:
         f"checkpoint key {key!r} is not part of a LLaVA-1.5 model (expected names under vision_tower., "
         "multi_modal_projector., language_model. or lm_head., with or without a leading model.)"
     )
+
+
+def is_quantized(key: str) -> bool:
+    """Whether ``load_weights(..., quantize=...)`` stores this canonical weight quantized: the language model's
+    q/k/v/o_proj and gate/up/down_proj weights (Llama's and Qwen2's), nothing else.
+
+    >>> is_quantized("language_model.layers.3.mlp.down_proj.weight"), is_quantized("lm_head.weight")
+    (True, False)
+
+    Why those: they are ~92% of llava-1.5-7b's bytes (6.5 of its 7.1 billion weights), and decoding reads every one
+    of them for every new token, so they are where the memory and the time go. The rest stays as it is:
+    embed_tokens is a lookup of a few rows per token, not a product, and lm_head (2% of the weights) makes the
+    logits themselves, which Transformers' bitsandbytes integration also keeps unquantized; the norms and biases
+    are vectors; the vision tower (CLIP-L, 0.3 billion) and the projector run once per image, not per token, and
+    are small (Transformers' bitsandbytes integration quantizes those two as well: minillava keeps them exact,
+    so that its drift comes from the language model alone). Biases stay floats (only the weights are quantized).
+    """
+    return QUANTIZED_WEIGHTS.fullmatch(key) is not None
 
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
@@ -301,6 +339,7 @@ def read_headers(folder) -> tuple[dict, dict]:
     plan = {}  # canonical key -> (path, checkpoint key)
     for path, names in _checkpoint_files(folder).items():
         tensors, data_start = read_header(path)
+        _refuse_prequantized(path, tensors)
         headers[path] = (tensors, data_start)
         if names is None:
             names = list(tensors)
@@ -315,7 +354,10 @@ def read_headers(folder) -> tuple[dict, dict]:
                 continue
             if tensors[name]["dtype"] not in FLOAT_DTYPES:
                 found = tensors[name]["dtype"]
-                raise ValueError(f"{path}: tensor {name!r} has dtype {found}, expected a float type")
+                raise ValueError(
+                    f"{path}: tensor {name!r} has dtype {found}, expected a float type (a checkpoint saved quantized? "
+                    "minillava reads float weights and quantizes them itself, with quantize='int8', 'int4' or 'nf4')"
+                )
             if key in plan:
                 other_path, other = plan[key]
                 raise ValueError(
@@ -327,13 +369,37 @@ def read_headers(folder) -> tuple[dict, dict]:
     return headers, plan
 
 
+def _refuse_prequantized(path: str, tensors: dict) -> None:
+    """One clear error for a checkpoint saved already quantized (bitsandbytes, GPTQ, AWQ): minillava reads float
+    weights and quantizes them itself, and does not read those formats' integers and their bookkeeping."""
+    for name in tensors:
+        for endings, fmt in _PREQUANTIZED:
+            if name.endswith(endings):
+                raise ValueError(
+                    f"{path}: this checkpoint is already quantized, in the {fmt} format (tensor {name!r}): minillava "
+                    "does not read that format. It reads float32, float16 or bfloat16 safetensors and quantizes them "
+                    "itself: load the original checkpoint with quantize='int8', 'int4' or 'nf4'"
+                )
+
+
 def file_dtypes(folder) -> dict[str, str]:
     """{canonical key: the tensor's safetensors dtype ("F16", "BF16", ...)}, read from the headers alone."""
     headers, plan = read_headers(folder)
     return {key: headers[path][0][name]["dtype"] for key, (path, name) in plan.items()}
 
 
-def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
+def _read_tensor(path: str, data_start: int, info: dict) -> np.ndarray:
+    """One tensor copied into memory with a plain read of its bytes (bfloat16 decoded to float32), for a weight that
+    is quantized and then dropped. Not through the memory map: pages read through a map stay counted in the
+    process's resident memory as long as the file is mapped, so quantizing a 7B's 13 GB of float16 that way would
+    look like 13 GB more in use (the kernel may drop those pages, but the figure and the squeeze are real)."""
+    raw = np.fromfile(
+        path, dtype=SAFETENSORS_DTYPES[info["dtype"]], count=math.prod(info["shape"]), offset=data_start + info["begin"]
+    ).reshape(info["shape"])
+    return bfloat16_to_float32(raw) if info["dtype"] == "BF16" else raw
+
+
+def load_weights(folder, config=None, dtype="float32", progress=None, quantize=None) -> dict:
     """Load a LLaVA checkpoint folder into a nested dict of arrays in the canonical layout.
 
     folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json`` + shards
@@ -348,6 +414,9 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
             NumPy cannot hold, are decoded to float32 in memory.
 
     progress: None, or a callable ``progress(bytes_done, bytes_total)`` called as tensors are read.
+    quantize: None, or "int8", "int4" or "nf4": the language model's linear weights (``is_quantized``) become
+            QuantizedWeights (model/quantize.py), each quantized as it is read, from the file's dtype, one matrix
+            at a time: a float16 7B never exists in float32. ``dtype`` applies to the other tensors.
 
     Returns e.g. ``params["vision_tower"]["encoder"]["layers"][0]["mlp"]["fc1"]["weight"]`` [Fv, Dv] and
     ``params["language_model"]["layers"][3]["self_attn"]["q_proj"]["weight"]`` [H*hd, D].
@@ -359,6 +428,8 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float16):
             raise ValueError(f"dtype must be 'float32', 'float16' or None, got {dtype}")
+    if quantize is not None and quantize not in QUANTIZE_FORMATS:
+        raise ValueError(f"quantize must be None or one of {QUANTIZE_FORMATS}, got {quantize!r}")
 
     # 1. Every header, every name checked before any tensor data is touched.
     headers, plan = read_headers(folder)
@@ -381,7 +452,10 @@ def load_weights(folder, config=None, dtype="float32", progress=None) -> dict:
     total, done = sum(sizes.values()), 0
     flat = {}
     for key, (path, name) in plan.items():
-        flat[key] = tensor(buffers[path], headers[path][0][name], dtype)
+        if quantize is not None and is_quantized(key):  # one matrix read in the file's dtype, quantized, let go
+            flat[key] = quantize_weight(_read_tensor(path, headers[path][1], headers[path][0][name]), quantize)
+        else:
+            flat[key] = tensor(buffers[path], headers[path][0][name], dtype)
         if progress is not None:
             done += sizes[key]
             progress(done, total)

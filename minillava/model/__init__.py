@@ -11,6 +11,7 @@ Read in data-flow order:
     rope.py        rotary position embeddings
     kv_cache.py    the preallocated key/value cache
     llama.py       token embedding, decoder layers, the language model, lm_head (Llama; Qwen2 by its config)
+    quantize.py    weights kept as 8- or 4-bit integers with scales (int8, int4, NF4), turned back where used
     llava.py       the glue: LlavaModel (encode_image, forward, step, generate)
     generate.py    logits processors, sampling and the generation loop
 

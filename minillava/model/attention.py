@@ -2,8 +2,17 @@
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(hd) + mask) V          (Vaswani et al., eq. 1)
 
+Two ways to compute it, with the same arguments and the same numbers (the model picks one with
+``attn_implementation``, as Transformers does):
+
+- ``scaled_dot_product_attention`` ("eager", the default and the reference): the whole [Tq, Tk] score
+  matrix per head, its softmax, the weighted sum of the values;
+- ``tiled_attention`` ("tiled"): FlashAttention's loop, blocks of queries against blocks of keys with an
+  online softmax, never holding more than a [Br, Bc] block of scores per head.
+
 Shape letters: B = batch, H = query heads, KV = key/value heads (H for multi-head attention,
-fewer for grouped-query attention), Tq = query positions, Tk = key positions, hd = head_dim.
+fewer for grouped-query attention), G = H / KV query heads per key/value head, Tq = query positions,
+Tk = key positions, hd = head_dim; in the tiled loop Br = query rows per block, Bc = key columns per block.
 """
 
 from __future__ import annotations
@@ -84,3 +93,87 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     probs = attention_probs(q, k, mask).astype(q.dtype, copy=False)  # [B, H, Tq, Tk]
     v = repeat_kv(v, q.shape[1] // v.shape[1])  # [B, H, Tk, hd]
     return probs @ v  # [B, H, Tq, hd]
+
+
+DEFAULT_BLOCK_SIZE = 128
+"""Queries and keys per block in ``tiled_attention`` (Br = Bc; FlashAttention-2 uses 128 for head_dim 128).
+One score block is then [B, H, 128, 128] float32 (2 MiB at 32 heads) instead of the full [B, H, Tq, Tk]
+(176 MiB at 32 heads and 1200 positions). Smaller blocks save a little more memory but loop more in Python;
+128 was also the fastest of 32 .. 512 measured here on the CPU (README, "Tiled attention")."""
+
+
+def tiled_attention(q, k, v, mask=None, block_size=DEFAULT_BLOCK_SIZE):
+    """``scaled_dot_product_attention`` computed block by block with an online softmax: FlashAttention's loop.
+
+    q: [B, H, Tq, hd], k and v: [B, KV, Tk, hd], mask: [B, 1, Tq, Tk] boolean or None,
+    block_size: Br = Bc, queries and keys per block  ->  [B, H, Tq, hd]
+
+    Online softmax (Milakov & Gimelshein 2018), in the notation of FlashAttention (Dao et al. 2022,
+    Algorithm 1), with FlashAttention-2's loop order (Dao 2023, Algorithm 1: queries outside, keys inside,
+    one division at the end). For a block of queries Q_i and each block of keys K_j and values V_j:
+
+        S_ij  = Q_i K_j^T / sqrt(hd)                   scores of this block only, [Br, Bc]
+        m_new = max(m_i, rowmax(S_ij))                 running maximum of each query's scores
+        P_ij  = exp(S_ij - m_new)                      unnormalised probabilities, all <= 1
+        l_i   = exp(m_i - m_new) l_i + rowsum(P_ij)    running sum of exp(score - m_new)
+        O_i   = exp(m_i - m_new) O_i + P_ij V_j        running, unnormalised output
+        m_i   = m_new
+    and after the last key block  O_i = O_i / l_i.
+
+    Why it is exact: after any number of key blocks, l_i = sum_k exp(s_k - m_i) and
+    O_i = sum_k exp(s_k - m_i) v_k over the keys seen so far, with m_i their maximum. A new block may raise
+    the maximum to m_new; multiplying the old sums by exp(m_i - m_new) turns every exp(s_k - m_i) into
+    exp(s_k - m_new), so the invariant holds again with the new maximum, and nothing is approximated. At
+    the end O_i / l_i = sum_k exp(s_k - m) v_k / sum_k exp(s_k - m) = softmax(s) V, the plain formula
+    with the same max subtracted (the two differ by rounding only, and are as close to a float64 reference).
+
+    Numerics as the plain path: scores, m, l and O in float32 whatever the input dtype; P_ij is cast to
+    the input dtype before it weighs the values (the plain path casts the probabilities). Masked scores
+    get float32's most negative finite value, as in ``attention_probs``: then a fully masked row (a
+    padding query) has all its scores equal, and ends, like the plain one, uniform over all the keys and
+    finite (m_i starts at -inf, so the first rescaling factor exp(-inf - m_new) is 0, not NaN). For the
+    same reason every key block is computed, even those a causal mask hides entirely (a GPU kernel skips
+    the blocks above the diagonal; here that would change the padding rows).
+
+    Grouped-query attention without ``repeat_kv``: the G query heads that share a key/value head get an
+    axis of their own, and K and V broadcast over it (head h = kv * G + g, the order ``repeat_kv`` gives).
+    The [B, 1, Tq, Tk] boolean mask is still made once per forward by the caller (one byte per entry,
+    shared by heads and layers); a kernel would compute each block's mask from the positions.
+    """
+    xp = xp_of(q)
+    B, H, Tq, hd = q.shape
+    KV, Tk = k.shape[1], k.shape[2]
+    G = H // KV
+    Br = Bc = block_size
+    q = q.reshape(B, KV, G, Tq, hd)  # [B, KV, G, Tq, hd]
+    k = k[:, :, None]  # [B, KV, 1, Tk, hd]
+    v = v[:, :, None]  # [B, KV, 1, Tk, hd]
+    if mask is not None:
+        mask = mask[:, :, None]  # [B, 1, 1, Tq, Tk]
+    masked_score = xp.finfo(xp.float32).min  # what a masked score becomes, as in attention_probs
+    out = xp.empty((B, KV, G, Tq, hd), dtype=q.dtype)  # [B, KV, G, Tq, hd]
+    for i0 in range(0, Tq, Br):  # query block i: rows i0 .. i1 - 1
+        i1 = min(i0 + Br, Tq)
+        Q_i = q[..., i0:i1, :]  # [B, KV, G, Br, hd]
+        m_i = xp.full((B, KV, G, i1 - i0, 1), -xp.inf, dtype=xp.float32)  # [B, KV, G, Br, 1]  running max
+        l_i = xp.zeros((B, KV, G, i1 - i0, 1), dtype=xp.float32)  # [B, KV, G, Br, 1]  running sum
+        O_i = xp.zeros((B, KV, G, i1 - i0, hd), dtype=xp.float32)  # [B, KV, G, Br, hd]  running output
+        for j0 in range(0, Tk, Bc):  # key block j: columns j0 .. j1 - 1
+            j1 = min(j0 + Bc, Tk)
+            K_j, V_j = k[..., j0:j1, :], v[..., j0:j1, :]  # [B, KV, 1, Bc, hd] each
+            S_ij = (Q_i @ K_j.swapaxes(-1, -2)).astype(xp.float32, copy=False)  # [B, KV, G, Br, Bc]
+            S_ij *= hd**-0.5  # [B, KV, G, Br, Bc]
+            if mask is not None:
+                S_ij = xp.where(mask[..., i0:i1, j0:j1], S_ij, masked_score)  # [B, KV, G, Br, Bc]
+            m_new = xp.maximum(m_i, S_ij.max(axis=-1, keepdims=True))  # [B, KV, G, Br, 1]
+            P_ij = xp.exp(S_ij - m_new)  # [B, KV, G, Br, Bc]
+            rescale = xp.exp(m_i - m_new)  # [B, KV, G, Br, 1]  exp(m_old - m_new) <= 1
+            l_i = rescale * l_i + P_ij.sum(axis=-1, keepdims=True)  # [B, KV, G, Br, 1]
+            O_i = rescale * O_i + P_ij.astype(q.dtype, copy=False) @ V_j  # [B, KV, G, Br, hd]
+            m_i = m_new  # [B, KV, G, Br, 1]
+        out[..., i0:i1, :] = O_i / l_i  # [B, KV, G, Br, hd]
+    return out.reshape(B, H, Tq, hd)  # [B, H, Tq, hd]
+
+
+ATTENTION_FUNCTIONS = {"eager": scaled_dot_product_attention, "tiled": tiled_attention}
+"""``attn_implementation`` -> the function: the same arguments (q, k, v, mask) and the same numbers."""

@@ -58,7 +58,7 @@ def embeddings(params, pixel_values):
     return x + params["position_embedding"]["weight"].astype(x.dtype, copy=False)  # + [1 + Np, Dv]
 
 
-def self_attention(params, x, n_heads):
+def self_attention(params, x, n_heads, attention=scaled_dot_product_attention):
     """CLIPAttention: bidirectional multi-head attention, biases on every projection.
 
     x: [N, L, Dv]  ->  [N, L, Dv]   (L = 1 + Np)
@@ -66,7 +66,7 @@ def self_attention(params, x, n_heads):
     q = split_heads(linear(x, **params["q_proj"]), n_heads)  # [N, Hv, L, hd]
     k = split_heads(linear(x, **params["k_proj"]), n_heads)  # [N, Hv, L, hd]
     v = split_heads(linear(x, **params["v_proj"]), n_heads)  # [N, Hv, L, hd]
-    out = merge_heads(scaled_dot_product_attention(q, k, v))  # [N, L, Dv]
+    out = merge_heads(attention(q, k, v))  # [N, L, Dv]  (no mask: every patch sees every patch)
     return linear(out, **params["out_proj"])  # [N, L, Dv]
 
 
@@ -75,12 +75,14 @@ def mlp(params, x, act):
     return linear(act(linear(x, **params["fc1"])), **params["fc2"])  # [N, L, Fv] -> [N, L, Dv]
 
 
-def encoder_layer(params, x, cfg, trace=None, name="vision_tower.encoder.layers.0"):
+def encoder_layer(
+    params, x, cfg, trace=None, name="vision_tower.encoder.layers.0", attention=scaled_dot_product_attention
+):
     """CLIPEncoderLayer, pre-LayerNorm: x + attn(LN1(x)), then x + mlp(LN2(x)).  [N, L, Dv] -> [N, L, Dv]"""
     eps = cfg.layer_norm_eps
     h = layer_norm(x, **params["layer_norm1"], eps=eps)  # [N, L, Dv]
     record(trace, f"{name}.layer_norm1", h)
-    h = self_attention(params["self_attn"], h, cfg.num_attention_heads)  # [N, L, Dv]
+    h = self_attention(params["self_attn"], h, cfg.num_attention_heads, attention)  # [N, L, Dv]
     record(trace, f"{name}.self_attn", h)
     x = x + h  # [N, L, Dv]
     h = layer_norm(x, **params["layer_norm2"], eps=eps)  # [N, L, Dv]
@@ -90,8 +92,9 @@ def encoder_layer(params, x, cfg, trace=None, name="vision_tower.encoder.layers.
     return x + h  # [N, L, Dv]
 
 
-def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
-    """Run CLIP up to encoder layer ``n_layers`` and return every hidden state on the way.
+def vision_tower(params, pixel_values, cfg, n_layers, trace=None, attention=scaled_dot_product_attention):
+    """Run CLIP up to encoder layer ``n_layers`` and return every hidden state on the way (``attention``: the
+    plain or the tiled attention function, attention.py).
 
     Returns the list ``hidden_states`` of Transformers' ``output_hidden_states``:
     hidden_states[0] is the embedding after pre-LayerNorm, hidden_states[i] the output of encoder
@@ -104,7 +107,7 @@ def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
     hidden_states = [x]
     for i in range(n_layers):
         name = f"vision_tower.encoder.layers.{i}"
-        x = encoder_layer(params["encoder"]["layers"][i], x, cfg, trace, name)  # [N, 1 + Np, Dv]
+        x = encoder_layer(params["encoder"]["layers"][i], x, cfg, trace, name, attention)  # [N, 1 + Np, Dv]
         record(trace, name, x)
         hidden_states.append(x)
     return hidden_states

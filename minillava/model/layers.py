@@ -13,15 +13,19 @@ from __future__ import annotations
 import math
 
 from .backend import xp_of
+from .quantize import QuantizedWeight, dequantize
 
 
 def linear(x, weight, bias=None):
     """``y = x W^T + b``, torch.nn.Linear's convention (weight is [out, in]).
 
-    x: [N..., D], weight: [F, D], bias: [F] or None  ->  [N..., F]
+    x: [N..., D], weight: [F, D] (an array, or a QuantizedWeight from quantize.py), bias: [F] or None  ->  [N..., F]
     """
     D = x.shape[-1]
-    w = weight.astype(x.dtype, copy=False)  # [F, D]
+    if isinstance(weight, QuantizedWeight):  # integers and scales: the whole matrix back to floats, here
+        w = dequantize(weight, x.dtype)  # [F, D]
+    else:
+        w = weight.astype(x.dtype, copy=False)  # [F, D]
     # One 2-D matrix product over all leading axes (BLAS runs one big GEMM instead of a loop).
     y = x.reshape(-1, D) @ w.T  # [N, F]
     if bias is not None:

@@ -5,6 +5,9 @@
     decoder layer:  x = x + self_attn(RMSNorm(x))      causal attention, rotary positions, KV cache
                     x = x + mlp(RMSNorm(x))            SwiGLU: down(silu(gate(x)) * up(x))
 
+``attention`` is the attention function every layer calls: ``scaled_dot_product_attention`` (the plain one,
+the default) or ``tiled_attention`` (attention.py: the same numbers, by blocks), as LlavaModel chooses.
+
 Shape letters: B = batch, T = new positions in this call, Tk = all key positions (cached + new),
 D = hidden size, F = MLP size, H = query heads, KV = key/value heads, hd = head_dim, V = vocab.
 """
@@ -22,7 +25,7 @@ def embed_tokens(weight, input_ids):
     return weight[input_ids]
 
 
-def self_attention(params, x, cos, sin, mask, cfg, cache=None, layer=0):
+def self_attention(params, x, cos, sin, mask, cfg, cache=None, layer=0, attention=scaled_dot_product_attention):
     """LlamaAttention with rotary embeddings, grouped-query heads and an optional KV cache.
 
     x: [B, T, D], cos/sin: [B, T, hd], mask: [B, 1, T, Tk]  ->  [B, T, D]
@@ -34,7 +37,7 @@ def self_attention(params, x, cos, sin, mask, cfg, cache=None, layer=0):
     k = apply_rotary(k, cos, sin)  # [B, KV, T, hd]  (cached keys are stored already rotated)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [B, KV, Tk, hd]
-    out = merge_heads(scaled_dot_product_attention(q, k, v, mask))  # [B, T, H*hd]
+    out = merge_heads(attention(q, k, v, mask))  # [B, T, H*hd]
     return linear(out, **params["o_proj"])  # [B, T, D]
 
 
@@ -45,12 +48,14 @@ def mlp(params, x, hidden_act="silu"):
     return linear(gate * up, **params["down_proj"])  # [B, T, D]
 
 
-def decoder_layer(params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=None):
+def decoder_layer(
+    params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=None, attention=scaled_dot_product_attention
+):
     """LlamaDecoderLayer: pre-RMSNorm attention and MLP, each added to the residual stream.  [B, T, D] -> same"""
     name = f"language_model.layers.{layer}"
     h = rms_norm(x, params["input_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
     record(trace, f"{name}.input_layernorm", h)
-    h = self_attention(params["self_attn"], h, cos, sin, mask, cfg, cache, layer)  # [B, T, D]
+    h = self_attention(params["self_attn"], h, cos, sin, mask, cfg, cache, layer, attention)  # [B, T, D]
     record(trace, f"{name}.self_attn", h)
     x = x + h  # [B, T, D]
     h = rms_norm(x, params["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
@@ -60,7 +65,10 @@ def decoder_layer(params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=Non
     return x + h  # [B, T, D]
 
 
-def language_model(params, inputs_embeds, attention_mask, position_ids, inv_freq, cfg, cache=None, trace=None):
+def language_model(
+    params, inputs_embeds, attention_mask, position_ids, inv_freq, cfg, cache=None, trace=None,
+    attention=scaled_dot_product_attention,
+):  # fmt: skip
     """LlamaModel: all decoder layers and the final norm.
 
     inputs_embeds: [B, T, D]; attention_mask: [B, Tk] (1 = real token, 0 = padding; Tk counts
@@ -73,7 +81,7 @@ def language_model(params, inputs_embeds, attention_mask, position_ids, inv_freq
     mask = causal_mask(attention_mask, inputs_embeds.shape[1], start)  # [B, 1, T, Tk]
     x = inputs_embeds  # [B, T, D]
     for i, layer_params in enumerate(params["layers"]):
-        x = decoder_layer(layer_params, x, cos, sin, mask, cfg, cache, i, trace)  # [B, T, D]
+        x = decoder_layer(layer_params, x, cos, sin, mask, cfg, cache, i, trace, attention)  # [B, T, D]
         record(trace, f"language_model.layers.{i}", x)
     if cache is not None:
         cache.advance(inputs_embeds.shape[1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend, clip, generate, siglip
+from .attention import ATTENTION_FUNCTIONS
 from .clip import select_features
 from .config import LlavaConfig
 from .kv_cache import KVCache
@@ -28,13 +29,17 @@ from .rope import inverse_frequencies
 from .trace import record
 
 COMPUTE_DTYPES = ("float32", "float16")
+ATTN_IMPLEMENTATIONS = tuple(ATTENTION_FUNCTIONS)  # "eager" (the plain attention, the reference) or "tiled"
 VISION_TOWERS = {"clip_vision_model": clip.vision_tower, "siglip_vision_model": siglip.vision_tower}
 
 
 class LlavaModel:
     """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the
-    checkpoint's modules), the ``device`` ("cpu" or "cuda"), the compute ``dtype`` and the special tokens
-    generation stops and pads with (``generation_defaults``)."""
+    checkpoint's modules), the ``device`` ("cpu" or "cuda"), the compute ``dtype``, the special tokens
+    generation stops and pads with (``generation_defaults``), and ``attention``, the function both towers
+    attend with: ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention``
+    ("eager", the default) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be set
+    there, e.g. ``functools.partial(tiled_attention, block_size=32)``."""
 
     def __init__(
         self,
@@ -43,15 +48,20 @@ class LlavaModel:
         device: str = "cpu",
         dtype: str = "float32",
         generation_defaults: generate.GenerationDefaults | None = None,
+        attn_implementation: str = "eager",
     ):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
         self.config = config
         self.generation_defaults = generation_defaults or generate.generation_defaults(config)
         self.params = params
         self.device = backend.check_device(device)
         self.dtype = np.dtype(dtype)
         self.xp = backend.namespace(device)
+        self.attn_implementation = attn_implementation
+        self.attention = ATTENTION_FUNCTIONS[attn_implementation]  # (q, k, v, mask) -> out, attention.py
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
 
@@ -70,7 +80,7 @@ class LlavaModel:
         record(trace, "pixel_values", x)
         vision_tower = VISION_TOWERS[cfg.vision.model_type]  # CLIP (llava-1.5) or SigLIP (llava-interleave)
         hidden_states = vision_tower(
-            self.params["vision_tower"], x, cfg.vision, cfg.vision_layers_needed, trace
+            self.params["vision_tower"], x, cfg.vision, cfg.vision_layers_needed, trace, attention=self.attention
         )  # (n_layers + 1) x [N, Np (+ 1 CLS for CLIP), Dv]
         features = select_features(
             hidden_states, cfg.vision_feature_index, cfg.vision_feature_select_strategy
@@ -142,8 +152,9 @@ class LlavaModel:
         record(trace, "inputs_embeds", embeds)
         attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
         hidden = language_model(
-            self.params["language_model"], embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace
-        )  # [B, T, D]
+            self.params["language_model"], embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace,
+            attention=self.attention,
+        )  # [B, T, D]  # fmt: skip
         if last_only:
             hidden = hidden[:, -1:]  # [B, 1, D]
         logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]

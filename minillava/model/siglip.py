@@ -23,6 +23,7 @@ Np = (S // P)² patches, Dv = vision hidden size.
 
 from __future__ import annotations
 
+from .attention import scaled_dot_product_attention
 from .clip import encoder_layer, patch_embed
 from .trace import record
 
@@ -38,8 +39,9 @@ def embeddings(params, pixel_values):
     return patches + params["position_embedding"]["weight"].astype(patches.dtype, copy=False)  # + [Np, Dv]
 
 
-def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
-    """Run SigLIP up to encoder layer ``n_layers`` and return every hidden state on the way.
+def vision_tower(params, pixel_values, cfg, n_layers, trace=None, attention=scaled_dot_product_attention):
+    """Run SigLIP up to encoder layer ``n_layers`` and return every hidden state on the way (``attention``: the
+    plain or the tiled attention function, attention.py).
 
     Returns the list ``hidden_states`` of Transformers' ``output_hidden_states``: hidden_states[0] is the
     embeddings (no LayerNorm before the layers), hidden_states[i] the output of encoder layer i - 1; it has
@@ -50,7 +52,7 @@ def vision_tower(params, pixel_values, cfg, n_layers, trace=None):
     hidden_states = [x]
     for i in range(n_layers):
         name = f"vision_tower.encoder.layers.{i}"
-        x = encoder_layer(params["encoder"]["layers"][i], x, cfg, trace, name)  # [N, Np, Dv]
+        x = encoder_layer(params["encoder"]["layers"][i], x, cfg, trace, name, attention)  # [N, Np, Dv]
         record(trace, name, x)
         hidden_states.append(x)
     return hidden_states
