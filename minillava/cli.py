@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .demo import demo_folder
-from .loading.checkpoint import find_checkpoint
+from .loading.checkpoint import ATTN_IMPLEMENTATIONS, QUANTIZE_CHOICES, find_checkpoint
 from .loading.files import read_json
 from .loading.preprocess import load_image
 
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the weights in the file's dtype, memory-mapped (default: chosen from the memory available)",
     )
     parser.add_argument("--memory-budget", help="plan with this much memory, e.g. 12GB (default: what is available)")
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, help="keep the language model's weights as 8- or 4-bit integers"
+    )
+    parser.add_argument(
+        "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="eager", help="eager, or tiled (less memory)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -91,8 +97,12 @@ def load(args, folder: Path):
     try:
         minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
+        # blocked_matmul: weights kept at rest (memory-mapped float16, quantized) are multiplied a block of rows at a
+        # time in a decode step, several times faster than the library's plain default (model/blocked.py)
         model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory or None,
-                                     progress=progress, memory_budget=args.memory_budget)  # fmt: skip
+                                     progress=progress, memory_budget=args.memory_budget, quantize=args.quantize,
+                                     attn_implementation=args.attn_implementation,
+                                     blocked_matmul=args.device == "cpu")  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as err:
         raise CliError(f"--model {folder}: {err}") from None
     if shown[0] >= 0:

@@ -5,6 +5,8 @@ import os
 
 # One BLAS/OpenMP thread per process: on 2 cores, small torch forwards with 2 threads can be ~20x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No tqdm bars from save_pretrained while building fixtures: tests that read stderr see only minillava's own lines.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 

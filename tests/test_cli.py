@@ -53,6 +53,20 @@ def test_question_about_a_picture(folder, picture, ours, capsys):
     assert out == expected_answer(ours, picture, "What is shown?", 12) + "\n"
 
 
+@pytest.mark.parametrize("quantize", ["int8", "nf4"])
+def test_quantized_answers_are_the_library_s(folder, picture, quantize, capsys):
+    """--quantize loads the quantized model (its answer is the library's quantized one, weights multiplied in
+    blocks as the CLI does), and --attn-implementation tiled answers as eager does."""
+    argv = ["--model", str(folder), "--image", str(picture), "-q", "What is shown?", "--max-new-tokens", "12"]
+    assert cli.main([*argv, "--quantize", quantize]) == 0
+    quantized = minillava.load_model(folder, quantize=quantize), minillava.load_processor(folder)
+    assert capsys.readouterr().out == expected_answer(quantized, picture, "What is shown?", 12) + "\n"
+    assert cli.main([*argv, "--attn-implementation", "tiled"]) == 0
+    tiled = capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert tiled == capsys.readouterr().out
+
+
 def test_chat_keeps_the_conversation(folder, picture, ours, monkeypatch, capsys):
     """The second question is asked with the picture, the first question and the first answer before it: its
     prompt is the whole conversation's, and its answer is what generation gives on that prompt."""

@@ -9,9 +9,11 @@ layout), file dtype and shard layout, and random values (``.fixtures/synthetic-<
 tensor at a time so that writing it never holds the model in memory. Then each mode runs in a process of its
 own, one after the other (the machine's memory is all theirs), and reports what a user would see:
 
-    float16        minillava, weights kept in the file's dtype, memory-mapped, cast where used (low_memory=True)
+    float16        minillava, weights kept in the file's dtype, memory-mapped, cast where used (low_memory=True),
+                   multiplied a block of rows at a time on every CPU (blocked_matmul=True, as the CLI does)
+    float16-plain  the same with the plain path: each whole weight cast, then multiplied (the library's default)
     float32        minillava, weights cast to float32 in RAM (low_memory=False: the machine must hold them)
-    int8, int4, nf4  minillava with quantize=... (the language model's linear weights)
+    int8, int4, nf4  minillava with quantize=... (the language model's linear weights), blocked_matmul=True
     transformers   LlavaForConditionalGeneration.from_pretrained(dtype=float16), its default attention, the CPU
 
 The prompt is one image and a short question (593 tokens for llava-1.5: 576 image tokens), batch 1; decode is
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("float16", "float32", "int8", "int4", "nf4", "transformers")
+MODES = ("float16", "float16-plain", "float32", "int8", "int4", "nf4", "transformers")
 SHARD_BYTES = 5 * 10**9  # llava-1.5-7b-hf's shards: ~5 GB each, 3 files
 TEXT_TOKENS = 17  # a short question around the image tokens: 576 + 17 = 593 for llava-1.5
 
@@ -168,7 +170,11 @@ def run_minillava(folder: Path, mode: str, new_tokens: int) -> dict:
     sys.path.insert(0, str(REPO))
     import minillava
 
-    options = {"float16": dict(low_memory=True), "float32": dict(low_memory=False)}.get(mode, dict(quantize=mode))
+    options = {
+        "float16": dict(low_memory=True, blocked_matmul=True),
+        "float16-plain": dict(low_memory=True),
+        "float32": dict(low_memory=False),
+    }.get(mode, dict(quantize=mode, blocked_matmul=True))
     start = time.perf_counter()
     model = minillava.load_model(folder, **options)
     load_s = time.perf_counter() - start
@@ -245,8 +251,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--out", type=Path, help="where the synthetic checkpoint goes (default .fixtures/synthetic-NAME)"
     )
-    parser.add_argument("--modes", default=",".join(m for m in MODES if m != "float32"),
-                        help=f"comma-separated, from {MODES} (default: all but float32)")  # fmt: skip
+    parser.add_argument("--modes", default=",".join(m for m in MODES if m not in ("float32", "float16-plain")),
+                        help=f"comma-separated, from {MODES} (default: all but float32 and float16-plain)")  # fmt: skip
     parser.add_argument("--new-tokens", type=int, default=8, help="decode steps timed (the median is reported)")
     parser.add_argument("--text-layers", type=int, help="fewer language-model layers (to try the tool quickly)")
     parser.add_argument("--json", type=Path, help="also write the results here")

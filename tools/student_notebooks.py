@@ -14,7 +14,8 @@ or without it with this tool:
 - every other cell is the same in both versions; the student version has no outputs.
 
 This tool writes the student version of every notebook into a folder, with ``course.py`` (the notebooks' shared
-setup) and llava-1.5-7b-hf's config.json beside them, so that the folder is a course a student opens as it is.
+setup) and the published config.json of llava-1.5-7b-hf and llava-interleave-qwen-0.5b-hf beside them, so that the
+folder is a course a student opens as it is.
 tests/test_notebooks.py checks, for each exercise, that its check passes on the solution and fails on the stub.
 
 Usage:  python tools/student_notebooks.py OUT_FOLDER
@@ -31,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-LLAVA_7B_CONFIG = ROOT / "tests" / "data" / "llava-1.5-7b-hf" / "config.json"
+CONFIGS = ("llava-1.5-7b-hf", "llava-interleave-qwen-0.5b-hf")  # in tests/data; the notebooks compare with them
 
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's stub for Python
 BEGIN_SOLUTION, END_SOLUTION = "BEGIN SOLUTION", "END SOLUTION"
@@ -131,7 +132,7 @@ def student_version(nb, name: str = "notebook"):
 
 
 def write_course(out: Path) -> list[Path]:
-    """Write the student version of every notebook into ``out``, with course.py and the 7B config beside them."""
+    """Write the student version of every notebook into ``out``, with course.py and the CONFIGS beside them."""
     import nbformat
 
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +142,9 @@ def write_course(out: Path) -> list[Path]:
         nbformat.write(student_version(nb, path.name), out / path.name)
         written.append(out / path.name)
     shutil.copy(NOTEBOOKS / "course.py", out / "course.py")
-    (out / "llava-1.5-7b-hf").mkdir(exist_ok=True)
-    shutil.copy(LLAVA_7B_CONFIG, out / "llava-1.5-7b-hf" / "config.json")
+    for name in CONFIGS:
+        (out / name).mkdir(exist_ok=True)
+        shutil.copy(ROOT / "tests" / "data" / name / "config.json", out / name / "config.json")
     return written
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..demo import demo_folder
 from ..model import backend
+from ..model.blocked import BlockedWeight, thread_pool
 from ..model.generate import generation_defaults
 from ..model.llava import ATTN_IMPLEMENTATIONS, COMPUTE_DTYPES, LlavaModel
 from ..model.quantize import FORMATS, QuantizedWeight
@@ -40,6 +41,8 @@ def load_model(
     quantize: str | None = None,
     attn_implementation: str = "eager",
     memory_budget=None,
+    blocked_matmul: bool = False,
+    threads: int | None = None,
 ) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
     path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
@@ -54,8 +57,12 @@ def load_model(
     QUANTIZE_CHOICES: the language model's linear weights stored as integers and scales (model/quantize.py;
     int8 per row, int4 and nf4 in groups of 64), each quantized as it is read, and turned back into floats where
     it is multiplied; the other weights follow ``low_memory``. attn_implementation: "eager" (the
-    plain attention, the default) or "tiled" (blocks of keys with an online softmax). progress: an optional
-    ``progress(bytes_done, bytes_total)`` callback while the weights are read.
+    plain attention, the default) or "tiled" (blocks of keys with an online softmax). blocked_matmul: multiply
+    the language model's weights kept at rest (float16 memory-mapped, or quantized) a block of rows at a time on
+    ``threads`` threads (None: one per CPU) in a decode step, instead of casting each whole weight first
+    (model/blocked.py: the same numbers to float32 rounding, several times faster; off by default, the plain
+    path being the reference). progress: an optional ``progress(bytes_done, bytes_total)`` callback while the
+    weights are read.
     """
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
@@ -65,6 +72,12 @@ def load_model(
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
     if low_memory not in (None, True, False):
         raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
+    if blocked_matmul not in (True, False):
+        raise ValueError(f"blocked_matmul must be True or False, got {blocked_matmul!r}")
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        raise ValueError(f"threads must be None (one per CPU) or a positive int, got {threads!r}")
+    if blocked_matmul and device != "cpu":
+        raise ValueError("blocked_matmul is for weights at rest on the CPU; on a GPU the weights live on the device")
     backend.check_device(device)
     if device == "cuda":
         backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
@@ -79,6 +92,8 @@ def load_model(
     params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress, quantize=quantize)
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
+    if blocked_matmul:
+        params = _blocked_at_rest(params, np.dtype(dtype), thread_pool(threads))
     defaults = generation_defaults(config, read_json(folder / "generation_config.json"))
     return LlavaModel(
         config,
@@ -99,6 +114,30 @@ def _map_arrays(fn, tree):
     if isinstance(tree, QuantizedWeight):
         return dataclasses.replace(tree, data=fn(tree.data), scales=fn(tree.scales))
     return fn(tree)
+
+
+LANGUAGE_MODEL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _blocked_at_rest(params: dict, dtype, pool) -> dict:
+    """The language model's linear weights and lm_head, where they rest in another dtype than the compute dtype
+    (or quantized), wrapped to be multiplied a block of rows at a time (model/blocked.py). What a decode step
+    reads every token; the vision tower runs once per image, in a prefill, where blocks do not help."""
+
+    def wrap(weight):
+        at_rest = isinstance(weight, QuantizedWeight) or weight.dtype != dtype
+        return BlockedWeight(weight, pool=pool) if at_rest else weight
+
+    language_model = dict(params["language_model"])
+    language_model["layers"] = []
+    for layer in params["language_model"]["layers"]:
+        layer = {**layer, "self_attn": dict(layer["self_attn"]), "mlp": dict(layer["mlp"])}
+        for part in ("self_attn", "mlp"):
+            for name, linear in layer[part].items():
+                if name in LANGUAGE_MODEL_LINEARS:
+                    layer[part][name] = {**linear, "weight": wrap(linear["weight"])}
+        language_model["layers"].append(layer)
+    return {**params, "language_model": language_model, "lm_head": {"weight": wrap(params["lm_head"]["weight"])}}
 
 
 def find_checkpoint(name: str | None) -> Path:

@@ -70,15 +70,23 @@ def attention_probs(q, k, mask=None):
     softmax). Masked scores get float32's most negative finite value rather than -inf, as
     Transformers' eager attention does, so that a fully masked row (a padding query) yields a
     uniform, finite distribution instead of NaN.
+
+    The scores are this function's own array (a fresh product), so the scale, the mask and the
+    softmax work in place in it: [B, H, Tq, Tk] is the largest array of a prefill (46 MiB per layer
+    at 32 heads and 600 positions), and each new one costs time to allocate and to fill.
     """
     xp = xp_of(q)
     H, hd = q.shape[1], q.shape[3]
     k = repeat_kv(k, H // k.shape[1])  # [B, H, Tk, hd]
     scores = (q @ k.swapaxes(-1, -2)).astype(xp.float32, copy=False)  # [B, H, Tq, Tk]
-    scores *= hd**-0.5
+    scores *= hd**-0.5  # [B, H, Tq, Tk]
     if mask is not None:
-        scores = xp.where(mask, scores, xp.finfo(xp.float32).min)  # [B, H, Tq, Tk]
-    return softmax(scores, axis=-1)  # [B, H, Tq, Tk]
+        # The mask as an additive bias, as Transformers' eager attention applies it: 0 where a key may be
+        # seen, float32's most negative value where not (score + that value rounds to that value, so
+        # this equals a `where` on the scores). Made on the small [B, 1, Tq, Tk] mask, shared by the heads.
+        bias = xp.where(mask, xp.float32(0), xp.finfo(xp.float32).min)  # [B, 1, Tq, Tk] float32
+        scores += bias  # [B, H, Tq, Tk]
+    return softmax(scores, axis=-1, out=scores)  # [B, H, Tq, Tk], in the scores' memory
 
 
 def scaled_dot_product_attention(q, k, v, mask=None):
@@ -131,9 +139,12 @@ def tiled_attention(q, k, v, mask=None, block_size=DEFAULT_BLOCK_SIZE):
     the input dtype before it weighs the values (the plain path casts the probabilities). Masked scores
     get float32's most negative finite value, as in ``attention_probs``: then a fully masked row (a
     padding query) has all its scores equal, and ends, like the plain one, uniform over all the keys and
-    finite (m_i starts at -inf, so the first rescaling factor exp(-inf - m_new) is 0, not NaN). For the
-    same reason every key block is computed, even those a causal mask hides entirely (a GPU kernel skips
-    the blocks above the diagonal; here that would change the padding rows).
+    finite (m_i starts at -inf, so the first rescaling factor exp(-inf - m_new) is 0, not NaN).
+
+    A key block that the mask hides from every query of the block (above the diagonal of a causal mask:
+    nearly half the blocks of a prefill) is skipped, as FlashAttention's kernels do: its P_ij would be
+    exactly 0 (exp(float32 min - m_new) underflows) and leave m_i, l_i and O_i bit for bit as they are. Not
+    when a query of the block sees no key at all (a padding query): its uniform row needs every block.
 
     Grouped-query attention without ``repeat_kv``: the G query heads that share a key/value head get an
     axis of their own, and K and V broadcast over it (head h = kv * G + g, the order ``repeat_kv`` gives).
@@ -158,8 +169,12 @@ def tiled_attention(q, k, v, mask=None, block_size=DEFAULT_BLOCK_SIZE):
         m_i = xp.full((B, KV, G, i1 - i0, 1), -xp.inf, dtype=xp.float32)  # [B, KV, G, Br, 1]  running max
         l_i = xp.zeros((B, KV, G, i1 - i0, 1), dtype=xp.float32)  # [B, KV, G, Br, 1]  running sum
         O_i = xp.zeros((B, KV, G, i1 - i0, hd), dtype=xp.float32)  # [B, KV, G, Br, hd]  running output
+        visible = None if mask is None else mask[..., i0:i1, :]  # [B, 1, 1, Br, Tk]
+        may_skip = visible is not None and bool(visible.any(axis=-1).all())  # no padding query in the block
         for j0 in range(0, Tk, Bc):  # key block j: columns j0 .. j1 - 1
             j1 = min(j0 + Bc, Tk)
+            if may_skip and not bool(visible[..., j0:j1].any()):
+                continue  # hidden from every query of the block: P_ij = 0 would change nothing
             K_j, V_j = k[..., j0:j1, :], v[..., j0:j1, :]  # [B, KV, 1, Bc, hd] each
             S_ij = (Q_i @ K_j.swapaxes(-1, -2)).astype(xp.float32, copy=False)  # [B, KV, G, Br, Bc]
             S_ij *= hd**-0.5  # [B, KV, G, Br, Bc]

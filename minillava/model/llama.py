@@ -45,7 +45,8 @@ def mlp(params, x, hidden_act="silu"):
     """LlamaMLP, the SwiGLU feed-forward (Shazeer 2020): down(act(gate(x)) * up(x)).  [B, T, D] -> [B, T, D]"""
     gate = activation(hidden_act)(linear(x, **params["gate_proj"]))  # [B, T, F]
     up = linear(x, **params["up_proj"])  # [B, T, F]
-    return linear(gate * up, **params["down_proj"])  # [B, T, D]
+    gate *= up  # [B, T, F]  act(gate(x)) * up(x), in place: both are this function's own arrays
+    return linear(gate, **params["down_proj"])  # [B, T, D]
 
 
 def decoder_layer(

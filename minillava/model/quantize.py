@@ -27,7 +27,8 @@ dataclass's five fields, and its numbers are the ones to match (to float32 round
 operations changes). Every row is independent: rows r0:r1 of W are
 ``dequantize(dataclasses.replace(q, data=q.data[r0:r1], scales=q.scales[r0:r1], shape=(r1 - r0, D)))``, so a
 blockwise path may dequantize a few rows at a time into a cache-sized buffer and multiply them at once. With int8
-a row's one scale multiplies that row's output alone, so it may also go on the output: x Wᵀ = (x qᵀ) sᵀ.
+a row's one scale multiplies that row's output alone, so it may also go on the output: x Wᵀ = (x qᵀ) sᵀ. That
+path is ``blocked.py`` (``load_model(..., blocked_matmul=True)``).
 
 Shape letters: F = output features (rows), D = input features, G = group size, n = groups per row (D / G,
 rounded up), Dg = n * G (a row padded to whole groups).

@@ -86,4 +86,7 @@ def apply_rotary(x, cos, sin):
     """
     cos = cos[:, None].astype(x.dtype, copy=False)  # [B, 1, T, hd], broadcast over heads
     sin = sin[:, None].astype(x.dtype, copy=False)
-    return x * cos + rotate_half(x) * sin
+    rotated = rotate_half(x)  # [B, H, T, hd], a new array, ours: scaled and summed in place
+    rotated *= sin
+    rotated += x * cos  # x * cos + rotate_half(x) * sin
+    return rotated

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..loading.checkpoint import find_checkpoint, load_model
+from ..loading.checkpoint import QUANTIZE_CHOICES, find_checkpoint, load_model
 from ..loading.preprocess import load_image
 from ..loading.processor import load_processor
 from .compare import DTYPE_NAMES, INPUT_NAMES, TOLERANCES, ParityError, Report, compare_traces
@@ -43,6 +43,9 @@ def _add_input_args(parser):
     parser.add_argument("--raw-prompt", action="store_true", help="use --prompt as is (write <image> yourself)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where minillava runs")
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), default="fp32", help="Transformers' dtype")
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, help="minillava's language model quantized: see its drift per module"
+    )
 
 
 def _add_tolerance_args(parser):
@@ -142,8 +145,8 @@ def _load(args):
     dtype = "float16" if args.device == "cuda" else "float32"
     try:
         processor = load_processor(folder)
-        model = load_model(folder, device=args.device, dtype=dtype)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        model = load_model(folder, device=args.device, dtype=dtype, quantize=args.quantize)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as err:
         raise ParityError(f"--model {folder}: {err}") from None
     return folder, model, build_inputs(processor, images, args.prompt, args.raw_prompt)
 
@@ -160,7 +163,7 @@ def run_command(args) -> int:
     folder, model, inputs = _load(args)
     ours, our_error = minillava_trace(model, inputs)
     hf_dtype = DTYPE_NAMES[args.dtype]
-    ours_label = f"minillava ({model.dtype.name}, {args.device})"
+    ours_label = f"minillava ({model.dtype.name}, {args.device}{', ' + args.quantize if args.quantize else ''})"
     try:
         hf = load_transformers(folder, args.dtype)
     except ParityError as err:  # still show what minillava computes
@@ -179,6 +182,11 @@ def run_command(args) -> int:
             f"{_lowest_precision(hf_dtype, model.dtype.name)} rounding drift, which grows layer by layer; "
             "they are not a bug as long as they stay within the (looser) tolerance"
         )
+    if args.quantize:
+        report.notes.append(
+            f"minillava's language model is quantized ({args.quantize}): from its first layer on, the differences are "
+            "the quantization error, expected above the float32 tolerances (pass --tol to set your own bound)"
+        )
     report.notes += [e for e in (their_error, our_error) if e]
     return _finish(report, header, args)
 
@@ -192,6 +200,8 @@ def dump_command(args) -> int:
     else:
         trace, error = minillava_trace(model, inputs)
         meta = {"producer": "minillava", "dtype": model.dtype.name, "device": args.device}
+        if args.quantize:
+            meta["quantize"] = args.quantize
     if error:
         print(f"minillava parity: {error}; saving the entries recorded before it", file=sys.stderr)
     save_trace(args.out, trace, (Path(folder) / "config.json").read_text(), meta)

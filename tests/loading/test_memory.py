@@ -65,6 +65,7 @@ def test_load_model_follows_the_plan(tiny_checkpoint, monkeypatch, capsys):
     """A float16 checkpoint: in RAM as float32 when the budget allows, memory-mapped float16 when it does not
     (and it says so), refused before any weight is read when even that cannot fit."""
     folder = tiny_checkpoint("base", "hub", "float16", True)
+    capsys.readouterr()  # building the checkpoint on a clean clone prints Transformers' progress bar
     weight = lambda model: model.params["language_model"]["layers"][0]["mlp"]["up_proj"]["weight"]  # noqa: E731
 
     roomy = minillava.load_model(folder, memory_budget="64GB")

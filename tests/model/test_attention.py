@@ -47,3 +47,16 @@ def test_fully_masked_query_row_stays_finite():
     k = v = np.ones((1, 1, 2, 4), np.float32)
     out = attention.scaled_dot_product_attention(q, k, v, np.zeros((1, 1, 1, 2), bool))
     assert np.isfinite(out).all()
+
+
+def test_additive_mask_gives_the_bits_of_a_where(rng):
+    """The mask is added as a bias (0, or float32's most negative value, as Transformers' eager attention adds
+    it): the same probabilities, bit for bit, as setting the masked scores to that value, a fully masked
+    (padding) query row included."""
+    q = rng.standard_normal((2, 4, 5, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 4, 7, 16)).astype(np.float32)
+    mask = rng.random((2, 1, 5, 7)) < 0.6
+    mask[0, 0, 2] = False  # query 2 of row 0 sees nothing
+    scores = np.where(mask, (q @ k.swapaxes(-1, -2)) * 16**-0.5, np.finfo(np.float32).min)
+    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    assert np.array_equal(attention.attention_probs(q, k, mask), exp / exp.sum(axis=-1, keepdims=True))

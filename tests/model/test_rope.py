@@ -49,3 +49,12 @@ def test_rotary_embeddings_match_llama(rng, rope_parameters):
     ref_q, ref_k = apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(k), ref_cos, ref_sin)
     close(rope.apply_rotary(q, cos, sin), ref_q)
     close(rope.apply_rotary(k, cos, sin), ref_k)
+
+
+def test_apply_rotary_gives_the_bits_of_the_formula(rng):
+    """apply_rotary scales and sums in place in rotate_half's new array: the bits of x cos + rotate_half(x) sin."""
+    x = rng.standard_normal((2, 4, 9, 16)).astype(np.float32)
+    inv_freq = rope.inverse_frequencies(np, 16, 10000.0)
+    cos, sin = rope.rotary_cos_sin(np.arange(18).reshape(2, 9), inv_freq)
+    formula = x * cos[:, None] + rope.rotate_half(x) * sin[:, None]
+    assert np.array_equal(rope.apply_rotary(x, cos, sin), formula)

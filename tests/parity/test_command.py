@@ -82,3 +82,15 @@ def test_python_dash_m_dispatch(dumps):
         text=True,
     )
     assert result.returncode == 0 and "PASS" in result.stdout, result.stderr
+
+
+def test_quantized_drift_module_by_module(folder, pictures, capsys):
+    """--quantize int8: the vision tower and projector still pass, the language model's modules show the
+    quantization error (and the report says why it fails)."""
+    assert cli.main(run_args(folder, pictures, "--quantize", "int8")) == 1
+    out = capsys.readouterr().out
+    assert "candidate: minillava (float32, cpu, int8)" in out and "quantized (int8)" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("vision_", "multi_", "language_"))}
+    assert rows["multi_modal_projector"].rstrip().endswith("ok")
+    assert "FAIL" in rows["language_model.layers.0.self_attn"]
+    assert first_failure_line(out).startswith("language_model.layers.0.")
