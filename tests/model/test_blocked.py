@@ -29,7 +29,7 @@ def weights():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("block_rows", [1, 7, 64, 1000])
+@pytest.mark.parametrize("block_rows", [None, 1, 7, 64, 1000])
 @pytest.mark.parametrize("fmt", ["float16", "int8", "int4", "nf4"])
 def test_blocks_equal_the_plain_product(weights, fmt, block_rows, threads):
     rng = np.random.default_rng(1)
