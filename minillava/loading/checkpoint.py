@@ -126,6 +126,8 @@ def _blocked_at_rest(params: dict, dtype, pool) -> dict:
 
     def wrap(weight):
         at_rest = isinstance(weight, QuantizedWeight) or weight.dtype != dtype
+        if isinstance(weight, np.memmap):  # a plain view of the same pages: np.memmap's slicing runs Python code,
+            weight = weight.view(np.ndarray)  # and a decode step slices some 25,000 blocks
         return BlockedWeight(weight, pool=pool) if at_rest else weight
 
     language_model = dict(params["language_model"])
