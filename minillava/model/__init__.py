@@ -12,8 +12,12 @@ Read in data-flow order:
     kv_cache.py    the preallocated key/value cache
     llama.py       token embedding, decoder layers, the language model, lm_head (Llama; Qwen2 by its config)
     quantize.py    weights kept as 8- or 4-bit integers with scales (int8, int4, NF4), turned back where used
-    llava.py       the glue: LlavaModel (encode_image, forward, step, generate)
+    blocked.py     weights at rest multiplied a block of rows at a time (the fast decode step on a CPU)
+    llava.py       the glue: LlavaModel (encode_image, forward, step, generate, loss, loss_and_gradients)
     generate.py    logits processors, sampling and the generation loop
+    loss.py        the next-token cross-entropy, with labels (-100: not learnt)
+    training.py    the loss and its gradients: the forward, then each module's backward (beside its forward)
+    optim.py       AdamW and the warm-up + cosine learning rate
 
 and beside them: config.py (what the model is: its sizes), backend.py (NumPy or CuPy), trace.py
 (recording named activations). Nothing here reads a file: minillava.loading does that.

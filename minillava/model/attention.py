@@ -22,13 +22,19 @@ from .layers import softmax
 
 
 def split_heads(x, n_heads):
-    """[B, T, n_heads * hd] -> [B, n_heads, T, hd]."""
+    """[B, T, n_heads * hd] -> [B, n_heads, T, hd].
+
+    A reshape and a transpose, which only move entries: its backward is its inverse, ``merge_heads``.
+    """
     B, T, _ = x.shape
     return x.reshape(B, T, n_heads, -1).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):
-    """[B, n_heads, T, hd] -> [B, T, n_heads * hd]."""
+    """[B, n_heads, T, hd] -> [B, T, n_heads * hd].
+
+    The inverse of ``split_heads``, which only moves entries: its backward is ``split_heads(dy, n_heads)``.
+    """
     B, n_heads, T, hd = x.shape
     return x.transpose(0, 2, 1, 3).reshape(B, T, n_heads * hd)
 
@@ -43,6 +49,20 @@ def repeat_kv(x, n_rep):
         return x
     xp = xp_of(x)
     return xp.repeat(x, n_rep, axis=1)
+
+
+def repeat_kv_backward(dy, n_rep):
+    """Gradient of ``repeat_kv``: each key/value head sums the gradients of the ``n_rep`` query heads it served.
+
+    dy: [B, KV * n_rep, Tk, hd] -> dx: [B, KV, Tk, hd]
+
+    Head kv of x is copied to heads kv * n_rep .. kv * n_rep + n_rep - 1, so a change of it changes all of
+    them: its gradient is the sum of theirs (the transpose of a copy is a sum).
+    """
+    if n_rep == 1:
+        return dy
+    B, H, Tk, hd = dy.shape
+    return dy.reshape(B, H // n_rep, n_rep, Tk, hd).sum(axis=2)  # [B, KV, Tk, hd]
 
 
 def causal_mask(attention_mask, n_queries, start):
@@ -66,7 +86,7 @@ def attention_probs(q, k, mask=None):
 
     q: [B, H, Tq, hd], k: [B, KV, Tk, hd], mask: [B, 1, Tq, Tk] boolean or None -> [B, H, Tq, Tk]
 
-    Scores and softmax are computed in float32 whatever the input dtype (Transformers upcasts the
+    Scores and softmax are computed in float32 for float16 and float32 inputs (Transformers upcasts the
     softmax). Masked scores get float32's most negative finite value rather than -inf, as
     Transformers' eager attention does, so that a fully masked row (a padding query) yields a
     uniform, finite distribution instead of NaN.
@@ -78,7 +98,8 @@ def attention_probs(q, k, mask=None):
     xp = xp_of(q)
     H, hd = q.shape[1], q.shape[3]
     k = repeat_kv(k, H // k.shape[1])  # [B, H, Tk, hd]
-    scores = (q @ k.swapaxes(-1, -2)).astype(xp.float32, copy=False)  # [B, H, Tq, Tk]
+    # float32 for float16 (and float32) inputs; float64 stays float64 (the backward's finite-difference checks).
+    scores = (q @ k.swapaxes(-1, -2)).astype(xp.promote_types(q.dtype, xp.float32), copy=False)  # [B, H, Tq, Tk]
     scores *= hd**-0.5  # [B, H, Tq, Tk]
     if mask is not None:
         # The mask as an additive bias, as Transformers' eager attention applies it: 0 where a key may be
@@ -101,6 +122,44 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     probs = attention_probs(q, k, mask).astype(q.dtype, copy=False)  # [B, H, Tq, Tk]
     v = repeat_kv(v, q.shape[1] // v.shape[1])  # [B, H, Tk, hd]
     return probs @ v  # [B, H, Tq, hd]
+
+
+def attention_backward(dout, q, k, v, mask=None):
+    """Gradients of ``scaled_dot_product_attention`` with respect to q, k and v.
+
+    dout: [B, H, Tq, hd] (the gradient of the output), q: [B, H, Tq, hd], k and v: [B, KV, Tk, hd],
+    mask: [B, 1, Tq, Tk] boolean or None  ->  dq: [B, H, Tq, hd], dk: [B, KV, Tk, hd], dv: [B, KV, Tk, hd]
+
+    With S = q k^T / sqrt(hd) + bias, P = softmax(S) row by row, and out = P v, the chain rule run backwards:
+
+        dv = P^T dout                           out is linear in v ...
+        dP = dout v^T                           ... and in P
+        dS = P * (dP - rowsum(dP * P))          the softmax's Jacobian, diag(p) - p p^T, applied to each row
+        dq = dS k / sqrt(hd),  dk = dS^T q / sqrt(hd)
+
+    The mask's bias is a constant (0, or float32's most negative value), so dS passes through it to q k^T
+    unchanged and the bias itself gets nothing; a masked key has P = 0, hence dS = 0. A fully masked query row
+    (a left-padding query) is uniform in the forward, and this gives the gradient of that uniform softmax, as
+    torch's autograd of the same additive formula does (the rounding that makes such a row constant is not
+    differentiated). In training a padding query's dout is zero anyway: the loss ignores its position.
+
+    Grouped-query attention: a key/value head served G query heads, so its gradient is the sum of theirs
+    (``repeat_kv_backward``). P is recomputed by the forward's own ``attention_probs`` (float32, as the forward
+    had it) and cast to the input dtype, as the forward casts it; everything after is in the input dtype.
+    """
+    H, hd = q.shape[1], q.shape[3]
+    G = H // k.shape[1]
+    probs = attention_probs(q, k, mask).astype(q.dtype, copy=False)  # [B, H, Tq, Tk]
+    k = repeat_kv(k, G)  # [B, H, Tk, hd]
+    v = repeat_kv(v, G)  # [B, H, Tk, hd]
+    dv = probs.swapaxes(-1, -2) @ dout  # [B, H, Tk, hd]
+    dprobs = dout @ v.swapaxes(-1, -2)  # [B, H, Tq, Tk]
+    # Softmax backward: each row's gradient minus its P-weighted mean, times P (a fresh array, ours).
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))  # [B, H, Tq, Tk]
+    dscores *= hd**-0.5  # [B, H, Tq, Tk]  through the scale: the gradient of q k^T
+    dq = dscores @ k  # [B, H, Tq, hd]
+    dk = dscores.swapaxes(-1, -2) @ q  # [B, H, Tk, hd]
+    return dq, repeat_kv_backward(dk, G), repeat_kv_backward(dv, G)
 
 
 DEFAULT_BLOCK_SIZE = 128

@@ -5,6 +5,12 @@ and computes in the dtype of its input ``x``. Weights may rest in another dtype 
 memory-mapped) and are cast where they are used: ``w.astype(x.dtype, copy=False)`` is free when
 they already match.
 
+Each forward used in training has its backward beside it, ``name_backward(dy, <the forward's arguments>)``,
+returning the gradients of the forward's inputs and parameters in the forward's argument order. Nothing is
+stored by a forward: a backward recomputes what it needs from the inputs. A backward computes in the dtype
+of its inputs (float32 to train, float64 for finite-difference checks), at least float32 where the forward
+takes its statistics in float32.
+
 Shape letters: N = any number of leading axes, D = input features, F = output features.
 """
 
@@ -39,19 +45,73 @@ def linear(x, weight, bias=None):
     return y.reshape(*x.shape[:-1], w.shape[0])  # [N..., F]
 
 
+def linear_backward(dy, x, weight, bias=None):
+    """Gradients of ``y = x W^T + b``: dx = dy W, dW = dy^T x and db = dy, summed over every leading axis
+    (each row of x meets the same W and b, so their gradients add up over the rows).
+
+    dy: [N..., F], x: [N..., D], weight: [F, D], bias: [F] or None  ->  dx [N..., D], dweight [F, D],
+    dbias [F] (None when there is no bias). Computed in x's dtype, as the forward.
+    """
+    if isinstance(weight, (BlockedWeight, QuantizedWeight)):
+        raise TypeError(
+            f"linear_backward needs a plain float array as weight, got a {type(weight).__name__}: "
+            "training uses float weights (load the model without quantize= or blocked_matmul=)"
+        )
+    D = x.shape[-1]
+    w = weight.astype(x.dtype, copy=False)  # [F, D]
+    F = w.shape[0]
+    # The leading axes flattened to rows, as in the forward: one matrix product each.
+    dy2 = dy.reshape(-1, F)  # [N, F]
+    x2 = x.reshape(-1, D)  # [N, D]
+    dx = (dy2 @ w).reshape(x.shape)  # [N..., D]
+    dweight = dy2.T @ x2  # [F, D], the sum over rows of the outer products dy_n x_n^T
+    dbias = None if bias is None else dy2.sum(axis=0)  # [F]
+    return dx, dweight, dbias
+
+
+def linear_param_grads(dy, x, params):
+    """``linear_backward`` for a module's params dict: -> dx [N..., D], {"weight": [F, D] (, "bias": [F])}, the
+    gradients named as the parameters are."""
+    dx, dweight, dbias = linear_backward(dy, x, params["weight"], params.get("bias"))
+    return dx, ({"weight": dweight} if dbias is None else {"weight": dweight, "bias": dbias})
+
+
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis (torch.nn.LayerNorm), statistics in float32.
 
     x: [N..., D], weight/bias: [D]  ->  [N..., D]
     """
     xp = xp_of(x)
-    h = x.astype(xp.float32, copy=False)  # [N..., D]
+    dtype = xp.promote_types(x.dtype, xp.float32)  # float32 statistics (float64 stays float64)
+    h = x.astype(dtype, copy=False)  # [N..., D]
     mean = h.mean(axis=-1, keepdims=True)  # [N..., 1]
     centered = h - mean  # [N..., D]
     var = (centered * centered).mean(axis=-1, keepdims=True)  # [N..., 1] (biased, as torch)
     h = centered / xp.sqrt(var + eps)  # [N..., D]
-    h = h * weight.astype(xp.float32, copy=False) + bias.astype(xp.float32, copy=False)
+    h = h * weight.astype(dtype, copy=False) + bias.astype(dtype, copy=False)
     return h.astype(x.dtype, copy=False)
+
+
+def layer_norm_backward(dy, x, weight, bias, eps):
+    """Gradients of LayerNorm ``y = x_hat w + b``, x_hat = (x - mean) / sqrt(var + eps): db = sum dy,
+    dw = sum dy x_hat, and with g = dy w, dx = (g - mean(g) - x_hat mean(g x_hat)) / sqrt(var + eps)
+    (the two means undo what shifting x or scaling it would change, as the mean and variance absorb both).
+
+    dy, x: [N..., D], weight/bias: [D]  ->  dx [N..., D], dweight [D], dbias [D]
+    """
+    xp = xp_of(x)
+    dtype = xp.promote_types(x.dtype, xp.float32)  # the forward's float32 statistics, or float64 if given
+    h = x.astype(dtype, copy=False)  # [N..., D]
+    g_out = dy.astype(dtype, copy=False)  # [N..., D]
+    centered = h - h.mean(axis=-1, keepdims=True)  # [N..., D]
+    inv_std = 1.0 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # [N..., 1]
+    x_hat = centered * inv_std  # [N..., D]
+    g = g_out * weight.astype(dtype, copy=False)  # [N..., D], the gradient reaching x_hat
+    dx = inv_std * (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))  # [N..., D]
+    lead = tuple(range(x.ndim - 1))  # every axis but the features: the weight and bias are shared by all rows
+    dweight = (g_out * x_hat).sum(axis=lead)  # [D]
+    dbias = g_out.sum(axis=lead)  # [D]
+    return dx.astype(x.dtype, copy=False), dweight.astype(x.dtype, copy=False), dbias.astype(x.dtype, copy=False)
 
 
 def rms_norm(x, weight, eps):
@@ -60,13 +120,31 @@ def rms_norm(x, weight, eps):
     x: [N..., D], weight: [D]  ->  [N..., D]
     """
     xp = xp_of(x)
-    h = x.astype(xp.float32, copy=False)  # [N..., D]
+    h = x.astype(xp.promote_types(x.dtype, xp.float32), copy=False)  # [N..., D] float32 (float64 stays float64)
     variance = (h * h).mean(axis=-1, keepdims=True)  # [N..., 1]
     h = h * (1.0 / xp.sqrt(variance + eps))  # [N..., D], a new array (not x)
     # LlamaRMSNorm casts back to the input dtype *before* scaling by the weight (in place: h is ours).
     h = h.astype(x.dtype, copy=False)  # [N..., D]
     h *= weight.astype(x.dtype, copy=False)
     return h
+
+
+def rms_norm_backward(dy, x, weight, eps):
+    """Gradients of RMSNorm ``y = w x r``, r = 1 / sqrt(mean(x^2) + eps): dw = sum dy x r, and with
+    g = dy w, dx = r (g - x_hat mean(g x_hat)), x_hat = x r (r depends on every x_j: dr/dx_j = -r^3 x_j / D).
+
+    dy, x: [N..., D], weight: [D]  ->  dx [N..., D], dweight [D]
+    """
+    xp = xp_of(x)
+    dtype = xp.promote_types(x.dtype, xp.float32)  # the forward's float32 statistics, or float64 if given
+    h = x.astype(dtype, copy=False)  # [N..., D]
+    g_out = dy.astype(dtype, copy=False)  # [N..., D]
+    r = 1.0 / xp.sqrt((h * h).mean(axis=-1, keepdims=True) + eps)  # [N..., 1]
+    x_hat = h * r  # [N..., D], what the forward multiplies by the weight
+    g = g_out * weight.astype(dtype, copy=False)  # [N..., D], the gradient reaching x_hat
+    dx = r * (g - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))  # [N..., D]
+    dweight = (g_out * x_hat).sum(axis=tuple(range(x.ndim - 1)))  # [D], summed over every row
+    return dx.astype(x.dtype, copy=False), dweight.astype(x.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,11 +175,23 @@ def silu(x):
     return s
 
 
+def silu_backward(dy, x):
+    """d/dx x s(x) = s + x s (1 - s), with s = sigmoid(x) (since s' = s (1 - s)).  dy, x: [N...] -> dx [N...]"""
+    s = sigmoid(x)  # [N...], a new array: x stays as it was
+    return dy * (s * (1.0 + x * (1.0 - s)))  # [N...]
+
+
 def quick_gelu(x):
     """CLIP's GELU approximation: x * sigmoid(1.702 x) (OpenAI CLIP, Transformers QuickGELUActivation)."""
     s = sigmoid(1.702 * x)
     s *= x
     return s
+
+
+def quick_gelu_backward(dy, x):
+    """d/dx x s(1.702 x) = s + 1.702 x s (1 - s), with s = sigmoid(1.702 x).  dy, x: [N...] -> dx [N...]"""
+    s = sigmoid(1.702 * x)  # [N...]
+    return dy * (s + 1.702 * x * s * (1.0 - s))  # [N...]
 
 
 def erfc(x):
@@ -139,15 +229,43 @@ def gelu(x):
     return phi2.astype(x.dtype, copy=False)
 
 
+def gelu_backward(dy, x):
+    """d/dx x Phi(x) = Phi(x) + x phi(x): the normal distribution function plus x times its density
+    phi(x) = exp(-x^2 / 2) / sqrt(2 pi). Phi comes from erfc in float64, as in the forward.
+
+    dy, x: [N...]  ->  dx [N...] in x's dtype
+    """
+    xp = xp_of(x)
+    x64 = x.astype(xp.float64)  # [N...], erfc works in float64 anyway
+    cdf = 0.5 * erfc(-x64 / math.sqrt(2.0))  # [N...] Phi(x)
+    pdf = xp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)  # [N...] phi(x)
+    return dy * (cdf + x64 * pdf).astype(x.dtype, copy=False)  # [N...]
+
+
 def gelu_tanh(x):
     """GELU's tanh approximation (Transformers 'gelu_pytorch_tanh' and 'gelu_new')."""
     xp = xp_of(x)
     return 0.5 * x * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
+def gelu_tanh_backward(dy, x):
+    """Derivative of 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3), c = sqrt(2 / pi): the product rule gives
+    0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) c (1 + 3 * 0.044715 x^2).  dy, x: [N...] -> dx [N...]
+    """
+    xp = xp_of(x)
+    c = math.sqrt(2.0 / math.pi)
+    t = xp.tanh(c * (x + 0.044715 * x * x * x))  # [N...]
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x))  # [N...]
+
+
 def relu(x):
     xp = xp_of(x)
     return xp.maximum(x, 0)
+
+
+def relu_backward(dy, x):
+    """d/dx max(x, 0) = 1 where x > 0, else 0 (0 at x = 0 itself, as torch).  dy, x: [N...] -> dx [N...]"""
+    return dy * (x > 0).astype(dy.dtype)  # [N...], the gradient passes where the unit is on
 
 
 ACTIVATIONS = {
@@ -166,6 +284,21 @@ def activation(name: str):
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unsupported activation {name!r}; minillava knows {sorted(ACTIVATIONS)}") from None
+
+
+# Each activation's backward, keyed by the forward function: the names stay in one list, ACTIVATIONS.
+ACTIVATION_BACKWARDS = {
+    gelu: gelu_backward,
+    gelu_tanh: gelu_tanh_backward,
+    quick_gelu: quick_gelu_backward,
+    silu: silu_backward,
+    relu: relu_backward,
+}
+
+
+def activation_backward(name: str):
+    """The backward ``f_backward(dy, x) -> dx`` of ``activation(name)`` (the same error for an unknown name)."""
+    return ACTIVATION_BACKWARDS[activation(name)]
 
 
 def softmax(x, axis=-1, out=None):

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend, clip, generate, siglip
+from . import backend, clip, generate, siglip, training
 from .attention import ATTENTION_FUNCTIONS
 from .clip import select_features
 from .config import LlavaConfig
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
+from .loss import cross_entropy
 from .merge import merge_image_features
 from .projector import multi_modal_projector
 from .rope import inverse_frequencies
@@ -76,6 +77,16 @@ class LlavaModel:
 
     def _encode_image(self, pixel_values, trace=None):
         cfg = self.config
+        features = self._vision_features(pixel_values, trace)  # [N, L, Dv']
+        image_features = multi_modal_projector(
+            self.params["multi_modal_projector"], features, cfg.projector_hidden_act
+        )  # [N, L, D]
+        record(trace, "multi_modal_projector", image_features)
+        return image_features
+
+    def _vision_features(self, pixel_values, trace=None):
+        """The vision tower's selected features, the projector's input.  [N, C, S, S] -> [N, L, Dv'] (device)"""
+        cfg = self.config
         x = self.xp.asarray(pixel_values, dtype=self.dtype)  # [N, C, S, S]
         record(trace, "pixel_values", x)
         vision_tower = VISION_TOWERS[cfg.vision.model_type]  # CLIP (llava-1.5) or SigLIP (llava-interleave)
@@ -86,11 +97,7 @@ class LlavaModel:
             hidden_states, cfg.vision_feature_index, cfg.vision_feature_select_strategy
         )  # [N, L, Dv']
         record(trace, "vision_features", features)
-        image_features = multi_modal_projector(
-            self.params["multi_modal_projector"], features, cfg.projector_hidden_act
-        )  # [N, L, D]
-        record(trace, "multi_modal_projector", image_features)
-        return image_features
+        return features
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None, position_ids=None, cache=None, trace=None):
         """Logits for every position, as LlavaForConditionalGeneration.forward gives them.
@@ -160,6 +167,69 @@ class LlavaModel:
         logits = lm_head(self.params["lm_head"]["weight"], hidden)  # [B, T, V]
         record(trace, "lm_head", logits)
         return logits
+
+    # -- training (training.py: the loss, the backward; optim.py: AdamW) --------------------------------
+
+    def loss(self, input_ids, pixel_values=None, attention_mask=None, labels=None):
+        """The loss LlavaForConditionalGeneration returns for ``labels``: the mean next-token cross-entropy over
+        the positions whose label is not -100 (position t's logits against labels[t + 1]). -> float
+
+        input_ids, attention_mask, pixel_values: as ``forward`` takes them; labels: [B, T] integers as
+        Transformers takes them, input_ids with -100 where nothing is learnt (the prompt, the image tokens, the
+        padding: only the answers count, as in LLaVA's training).
+        """
+        input_ids, attention_mask, labels, features = self._checked_training_inputs(
+            input_ids, pixel_values, attention_mask, labels
+        )
+        logits, _ = training.forward(self.params, self.config, input_ids, attention_mask, features, self.inv_freq)
+        return cross_entropy(logits, labels, training.IGNORE_INDEX)
+
+    def loss_and_gradients(
+        self, input_ids, pixel_values=None, attention_mask=None, labels=None, trainable=("multi_modal_projector",)
+    ):
+        """``loss`` and its gradients with respect to the ``trainable`` parts of ``params`` (a tuple of
+        training.PARTS: "multi_modal_projector", LLaVA's stage 1 alone; with "language_model" and "lm_head",
+        stage 2). The vision tower is frozen. -> (loss: float, grads: one entry per trainable part, nested as
+        ``params`` is, plus "inputs_embeds" [B, T, D], the gradient of the merged embeddings)."""
+        bad = [p for p in trainable if p not in training.PARTS] if isinstance(trainable, (tuple, list)) else None
+        if not trainable or bad is None or bad:
+            raise ValueError(f"trainable must be a non-empty tuple of {training.PARTS}, got {trainable!r}")
+        if self.config.tie_word_embeddings and "lm_head" in trainable and "language_model" not in trainable:
+            raise ValueError("this model ties lm_head to the token embeddings: train 'language_model' with 'lm_head'")
+        _check_plain_weights(self.params, "loss_and_gradients")
+        input_ids, attention_mask, labels, features = self._checked_training_inputs(
+            input_ids, pixel_values, attention_mask, labels
+        )
+        return training.loss_and_gradients(
+            self.params, self.config, input_ids, attention_mask, labels, features, self.inv_freq, tuple(trainable)
+        )
+
+    def _checked_training_inputs(self, input_ids, pixel_values, attention_mask, labels):
+        """The inputs of ``loss``, checked once -> device arrays (ids, mask, labels [B, T]; vision features or None)."""
+        input_ids, attention_mask, _ = self._checked_text_inputs(input_ids, attention_mask, None, None)
+        pixel_values = self._checked_images(input_ids, pixel_values, None)
+        if labels is None:
+            raise ValueError("labels are needed: [B, T] token ids, -100 where a position is not learnt")
+        labels = np.asarray(backend.to_numpy(labels))
+        if labels.shape != input_ids.shape or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be an integer array of input_ids' shape {list(input_ids.shape)}, got shape "
+                f"{list(labels.shape)} dtype {labels.dtype}"
+            )
+        vocab, ignore = self.config.text.vocab_size, training.IGNORE_INDEX
+        outside = (labels != ignore) & ((labels < 0) | (labels >= vocab))
+        if outside.any():
+            raise ValueError(
+                f"labels must be token ids in [0, {vocab}) (vocab_size) or {ignore} (not learnt), got "
+                f"{int(labels[outside][0])}"
+            )
+        if (labels[:, 1:] == ignore).all():
+            raise ValueError(
+                f"labels: every position that is predicted (all but the first) is {ignore}: no token to learn from"
+            )
+        xp = self.xp
+        features = None if pixel_values is None else self._vision_features(pixel_values)  # [N, L, Dv'], frozen
+        return xp.asarray(input_ids), xp.asarray(attention_mask), xp.asarray(labels), features
 
     # -- generation (the loop is generate.py's) -------------------------------------------------------
 
@@ -295,3 +365,15 @@ class LlavaModel:
         if position_ids.shape != (B, T):
             raise ValueError(f"position_ids must have shape [B, T] = [{B}, {T}], got {list(position_ids.shape)}")
         return input_ids, attention_mask, position_ids
+
+
+def _check_plain_weights(params, what: str) -> None:
+    """Training multiplies by the weights' transposes: they must be float arrays, not quantized or blocked."""
+    language_model = params["language_model"]["layers"][0] if params["language_model"]["layers"] else {}
+    for part in ("self_attn", "mlp"):
+        for name, linear_params in language_model.get(part, {}).items():
+            if not hasattr(linear_params["weight"], "dtype"):
+                raise ValueError(
+                    f"{what} needs the weights as float arrays; {part}.{name} holds a "
+                    f"{type(linear_params['weight']).__name__}: load the model without quantize= and blocked_matmul="
+                )

@@ -24,3 +24,18 @@ def merge_image_features(inputs_embeds, input_ids, image_features, image_token_i
     # Boolean indexing walks [B, T] in row-major order: batch row by batch row, left to right.
     merged[is_image] = image_features.reshape(N * L, D).astype(merged.dtype, copy=False)
     return xp.ascontiguousarray(merged)
+
+
+def merge_image_features_backward(dmerged, input_ids, image_features_shape, image_token_index):
+    """The backward of ``merge_image_features``: each position's gradient goes back where its value came from,
+    the image-token positions' to the image features (in the same reading order), the others' to the token
+    embeddings; the embeddings the image features overwrote get none.
+
+    dmerged: [B, T, D], input_ids: [B, T], image_features_shape: (N, L, D)
+    -> d inputs_embeds [B, T, D], d image_features [N, L, D]
+    """
+    xp = xp_of(dmerged)
+    is_image = input_ids == image_token_index  # [B, T]
+    dimage = dmerged[is_image].reshape(image_features_shape)  # [N, L, D]
+    dembeds = xp.where(is_image[..., None], 0, dmerged).astype(dmerged.dtype, copy=False)  # [B, T, D]
+    return dembeds, dimage

@@ -90,3 +90,18 @@ def apply_rotary(x, cos, sin):
     rotated *= sin
     rotated += x * cos  # x * cos + rotate_half(x) * sin
     return rotated
+
+
+def apply_rotary_backward(dy, cos, sin):
+    """Gradient of ``apply_rotary`` with respect to x: the rotation by the opposite angle.
+
+    dy: [B, H, T, hd] (the gradient of the rotated x), cos/sin: [B, T, hd]  ->  dx: [B, H, T, hd]
+
+    The forward is linear in x, y = R x with R the rotation of each pair (i, i + hd/2) by m * theta_i, so
+    dx = R^T dy; a rotation is orthogonal, R^T = R^-1, the rotation by -m * theta_i: cos stays, sin changes sign.
+    (Term by term: the transpose of rotate_half is -rotate_half, and sin, the same on both halves of a head,
+    commutes with it.) Computed in dy's dtype, a new array: dy is left as it is.
+    """
+    cos = cos[:, None].astype(dy.dtype, copy=False)  # [B, 1, T, hd], broadcast over heads
+    sin = sin[:, None].astype(dy.dtype, copy=False)  # [B, 1, T, hd]
+    return dy * cos - rotate_half(dy) * sin  # [B, H, T, hd]  dy cos(-a) + rotate_half(dy) sin(-a)

@@ -70,3 +70,15 @@ def hf_logits(hf, input_ids, attention_mask, pixel_values):
 
 
 BATCH = [[3, "img", 5, "img", 2], [4, "img", 6]]  # two images in row 0, one in the shorter row 1
+
+
+def central_difference(f, x, index, h=1e-6):
+    """(f(x + h e_i) - f(x - h e_i)) / 2h for one entry i = index of the float64 array x, changed in place and
+    restored: the numerical derivative a backward's gradient is checked against."""
+    saved = x[index]
+    x[index] = saved + h
+    up = f(x)
+    x[index] = saved - h
+    down = f(x)
+    x[index] = saved
+    return (up - down) / (2 * h)
