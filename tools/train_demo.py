@@ -663,7 +663,11 @@ def minillava_answers(folder, examples, batch_size: int = 50, max_new_tokens: in
     from minillava import load_processor
 
     model = minillava.load_model(folder, device=device)
-    processor = load_processor(folder)
+    return generate_answers(model, load_processor(folder), examples, batch_size, max_new_tokens)
+
+
+def generate_answers(model, processor, examples, batch_size: int = 50, max_new_tokens: int = 24):
+    """``minillava_answers`` for a model already loaded (tools/train_stage1.py trains one in memory)."""
     answers, generated = [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]

@@ -69,9 +69,12 @@ def linear_backward(dy, x, weight, bias=None):
     return dx, dweight, dbias
 
 
-def linear_param_grads(dy, x, params):
+def linear_param_grads(dy, x, params, weight_grads=True):
     """``linear_backward`` for a module's params dict: -> dx [N..., D], {"weight": [F, D] (, "bias": [F])}, the
-    gradients named as the parameters are."""
+    gradients named as the parameters are; with ``weight_grads=False`` (a frozen module) dx alone, and None."""
+    if not weight_grads:
+        w = params["weight"].astype(dy.dtype, copy=False)  # [F, D]
+        return (dy.reshape(-1, w.shape[0]) @ w).reshape(*dy.shape[:-1], w.shape[1]), None  # [N..., D]
     dx, dweight, dbias = linear_backward(dy, x, params["weight"], params.get("bias"))
     return dx, ({"weight": dweight} if dbias is None else {"weight": dweight, "bias": dbias})
 

@@ -102,34 +102,36 @@ def lm_head(weight, hidden_states):
 # ---------------------------------------------------------------------------------------------
 # Each backward takes the gradient of its forward's output (dy) and the forward's own inputs, recomputes what
 # it needs from them, and returns the gradient of its input and a dict of its parameters' gradients named as the
-# parameters are. Recomputing a layer's insides instead of keeping them is gradient checkpointing (Chen et al.
-# 2016), which LLaVA's training scripts switch on too: only each layer's input is kept between the passes.
+# parameters are (None with weight_grads=False: a frozen module, through which only the gradient flows, as the
+# language model in LLaVA's stage 1). Recomputing a layer's insides instead of keeping them is gradient
+# checkpointing (Chen et al. 2016), which LLaVA's training scripts switch on too: only the residual stream is kept
+# between the passes, each layer's input and its value after the attention branch.
 
 
-def self_attention_backward(dy, params, x, cos, sin, mask, cfg):
+def self_attention_backward(dy, params, x, cos, sin, mask, cfg, weight_grads=True):
     """The backward of ``self_attention`` (eager attention, no cache): through o_proj, the attention, the
     rotations and the q/k/v projections, whose three gradients of x add up (x feeds all three).
 
     dy, x: [B, T, D], cos/sin: [B, T, hd], mask: [B, 1, T, T]  ->  dx [B, T, D], grads {q_proj: {weight[, bias]}, ...}
     """
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
-    q = apply_rotary(split_heads(linear(x, **params["q_proj"]), H), cos, sin)  # [B, H, T, hd]
+    q = apply_rotary(split_heads(linear(x, **params["q_proj"]), H), cos, sin)  # [B, H, T, hd]  (recomputed)
     k = apply_rotary(split_heads(linear(x, **params["k_proj"]), KV), cos, sin)  # [B, KV, T, hd]
     v = split_heads(linear(x, **params["v_proj"]), KV)  # [B, KV, T, hd]
     out = merge_heads(scaled_dot_product_attention(q, k, v, mask))  # [B, T, H*hd]
     grads = {}
-    d_out, grads["o_proj"] = linear_param_grads(dy, out, params["o_proj"])  # [B, T, H*hd]
+    d_out, grads["o_proj"] = linear_param_grads(dy, out, params["o_proj"], weight_grads)  # [B, T, H*hd]
     dq, dk, dv = attention_backward(split_heads(d_out, H), q, k, v, mask)  # [B, H|KV, T, hd]
     dq = apply_rotary_backward(dq, cos, sin)  # [B, H, T, hd]  the gradient before the rotation
     dk = apply_rotary_backward(dk, cos, sin)  # [B, KV, T, hd]
     dx = 0
     for name, d in (("q_proj", dq), ("k_proj", dk), ("v_proj", dv)):
-        d_x, grads[name] = linear_param_grads(merge_heads(d), x, params[name])  # [B, T, D]
+        d_x, grads[name] = linear_param_grads(merge_heads(d), x, params[name], weight_grads)  # [B, T, D]
         dx = dx + d_x
-    return dx, grads
+    return dx, grads if weight_grads else None
 
 
-def mlp_backward(dy, params, x, hidden_act="silu"):
+def mlp_backward(dy, params, x, hidden_act="silu", weight_grads=True):
     """The backward of the SwiGLU ``mlp``: y = down(a ⊙ u), a = act(gate(x)), u = up(x), so
     d(a ⊙ u) = down's input gradient, da = that ⊙ u, du = that ⊙ a; x's gradient sums gate's and up's.
 
@@ -139,62 +141,70 @@ def mlp_backward(dy, params, x, hidden_act="silu"):
     u = linear(x, **params["up_proj"])  # [B, T, F]
     a = activation(hidden_act)(g)  # [B, T, F]
     grads = {}
-    d_au, grads["down_proj"] = linear_param_grads(dy, a * u, params["down_proj"])  # [B, T, F]
+    d_au, grads["down_proj"] = linear_param_grads(dy, a * u, params["down_proj"], weight_grads)  # [B, T, F]
     dg = activation_backward(hidden_act)(d_au * u, g)  # [B, T, F]
-    dx_gate, grads["gate_proj"] = linear_param_grads(dg, x, params["gate_proj"])  # [B, T, D]
-    dx_up, grads["up_proj"] = linear_param_grads(d_au * a, x, params["up_proj"])  # [B, T, D]
-    return dx_gate + dx_up, grads
+    dx_gate, grads["gate_proj"] = linear_param_grads(dg, x, params["gate_proj"], weight_grads)  # [B, T, D]
+    dx_up, grads["up_proj"] = linear_param_grads(d_au * a, x, params["up_proj"], weight_grads)  # [B, T, D]
+    return dx_gate + dx_up, grads if weight_grads else None
 
 
-def decoder_layer_backward(dy, params, x, cos, sin, mask, cfg):
+def decoder_layer_backward(dy, params, x, x1, cos, sin, mask, cfg, weight_grads=True):
     """The backward of ``decoder_layer``. With x1 = x + attn(norm1(x)) and y = x1 + mlp(norm2(x1)), the residual
     connections pass dy straight through and each branch adds its own share: dx1 = dy + (mlp∘norm2)'(x1)ᵀ dy,
     dx = dx1 + (attn∘norm1)'(x)ᵀ dx1.
 
-    dy, x: [B, T, D] (x: the layer's input)  ->  dx [B, T, D], grads named as the layer's params
+    dy, x, x1: [B, T, D] (x: the layer's input, x1: the residual stream after its attention branch)
+    ->  dx [B, T, D], grads named as the layer's params (None with weight_grads=False)
     """
-    eps = cfg.rms_norm_eps
-    grads = {}
-    h1 = rms_norm(x, params["input_layernorm"]["weight"], eps)  # [B, T, D]  (recomputed)
-    x1 = x + self_attention(params["self_attn"], h1, cos, sin, mask, cfg)  # [B, T, D]
-    h2 = rms_norm(x1, params["post_attention_layernorm"]["weight"], eps)  # [B, T, D]
-    dh2, grads["mlp"] = mlp_backward(dy, params["mlp"], h2, cfg.hidden_act)  # [B, T, D]
-    d_x1, d_norm2 = rms_norm_backward(dh2, x1, params["post_attention_layernorm"]["weight"], eps)
-    grads["post_attention_layernorm"] = {"weight": d_norm2}
+    eps, act = cfg.rms_norm_eps, cfg.hidden_act
+    norm1, norm2 = params["input_layernorm"]["weight"], params["post_attention_layernorm"]["weight"]
+    h2 = rms_norm(x1, norm2, eps)  # [B, T, D]  (recomputed)
+    dh2, mlp_grads = mlp_backward(dy, params["mlp"], h2, act, weight_grads)  # [B, T, D]
+    d_x1, d_norm2 = rms_norm_backward(dh2, x1, norm2, eps)  # [B, T, D], [D]
     dx1 = dy + d_x1  # [B, T, D]  the residual path and the MLP branch
-    dh1, grads["self_attn"] = self_attention_backward(dx1, params["self_attn"], h1, cos, sin, mask, cfg)
-    d_x, d_norm1 = rms_norm_backward(dh1, x, params["input_layernorm"]["weight"], eps)
-    grads["input_layernorm"] = {"weight": d_norm1}
+    h1 = rms_norm(x, norm1, eps)  # [B, T, D]  (recomputed)
+    dh1, attn_grads = self_attention_backward(dx1, params["self_attn"], h1, cos, sin, mask, cfg, weight_grads)
+    d_x, d_norm1 = rms_norm_backward(dh1, x, norm1, eps)  # [B, T, D], [D]
+    if not weight_grads:
+        return dx1 + d_x, None
+    grads = {"input_layernorm": {"weight": d_norm1}, "self_attn": attn_grads,
+             "post_attention_layernorm": {"weight": d_norm2}, "mlp": mlp_grads}  # fmt: skip
     return dx1 + d_x, grads  # [B, T, D]
 
 
 def language_model_with_inputs(params, inputs_embeds, attention_mask, position_ids, inv_freq, cfg):
     """``language_model`` for training: the same forward (no cache), which also returns what its backward
-    needs: each decoder layer's input (the only activations kept: see the note above), and cos, sin, mask.
+    needs: the residual stream at each layer's input and after its attention branch (the layer's trace gives
+    that branch's output), and cos, sin, mask.
 
-    -> final hidden states [B, T, D], (layer inputs: list of [B, T, D] (+ the last layer's output), cos, sin, mask)
+    -> final hidden states [B, T, D], saved: (per layer (x, x1), each [B, T, D]; the last layer's output; cos, sin,
+    mask)
     """
     cos, sin = rotary_cos_sin(position_ids, inv_freq)  # [B, T, hd] each
     mask = causal_mask(attention_mask, inputs_embeds.shape[1], 0)  # [B, 1, T, T]
-    xs = [inputs_embeds]  # xs[i]: the input of layer i; xs[-1]: the last layer's output
-    for layer_params in params["layers"]:
-        xs.append(decoder_layer(layer_params, xs[-1], cos, sin, mask, cfg))  # [B, T, D]
-    hidden = rms_norm(xs[-1], params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
-    return hidden, (xs, cos, sin, mask)
+    x, residuals = inputs_embeds, []  # x: [B, T, D]
+    for i, layer_params in enumerate(params["layers"]):
+        parts = {}
+        y = decoder_layer(layer_params, x, cos, sin, mask, cfg, layer=i, trace=parts)  # [B, T, D]
+        residuals.append((x, x + parts[f"language_model.layers.{i}.self_attn"]))  # x1 = x + attn(norm1(x))
+        x = y
+    hidden = rms_norm(x, params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    return hidden, (residuals, x, cos, sin, mask)
 
 
-def language_model_backward(dhidden, params, saved, cfg):
+def language_model_backward(dhidden, params, saved, cfg, weight_grads=True):
     """The backward of ``language_model_with_inputs``: the final norm, then the layers from last to first.
 
     dhidden: [B, T, D] the gradient of the final hidden states; saved: what the forward returned beside them
-    -> d inputs_embeds [B, T, D], grads {layers: [...], norm: {weight}}
+    -> d inputs_embeds [B, T, D], grads {layers: [...], norm: {weight}} (None with weight_grads=False)
     """
-    xs, cos, sin, mask = saved
-    dx, d_norm = rms_norm_backward(dhidden, xs[-1], params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    residuals, last, cos, sin, mask = saved
+    dx, d_norm = rms_norm_backward(dhidden, last, params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
     layer_grads = [None] * len(params["layers"])
     for i in reversed(range(len(params["layers"]))):
-        dx, layer_grads[i] = decoder_layer_backward(dx, params["layers"][i], xs[i], cos, sin, mask, cfg)
-    return dx, {"layers": layer_grads, "norm": {"weight": d_norm}}
+        x, x1 = residuals[i]
+        dx, layer_grads[i] = decoder_layer_backward(dx, params["layers"][i], x, x1, cos, sin, mask, cfg, weight_grads)
+    return dx, ({"layers": layer_grads, "norm": {"weight": d_norm}} if weight_grads else None)
 
 
 def embed_tokens_backward(dy, weight, input_ids):

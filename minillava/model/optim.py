@@ -48,6 +48,20 @@ def adamw_update(weight, grad, m, v, step: int, lr: float, betas=(0.9, 0.999), e
     weight -= step_size * (m / denom)
 
 
+def clip_grad_norm(grads, max_norm: float) -> float:
+    """Scale every gradient of ``grads`` (nested dicts and lists of arrays) in place so that their joint norm,
+    sqrt(sum of all squares), is at most ``max_norm``: by max_norm / (norm + 1e-6) when it is larger, as
+    torch.nn.utils.clip_grad_norm_ does (Transformers' Trainer clips at 1.0, as LLaVA trains). -> the norm before."""
+    arrays = [g for _, _, g in _pairs(grads, grads, ())]
+    xp = xp_of(arrays[0])
+    norm = float(xp.sqrt(sum(float((g.astype(xp.float64) ** 2).sum()) for g in arrays)))
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1.0:
+        for g in arrays:
+            g *= scale
+    return norm
+
+
 @dataclass
 class AdamW:
     """The state of AdamW over a nested dict of arrays (the trained parts of a model's params).

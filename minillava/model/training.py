@@ -20,7 +20,7 @@ Dv' = the vision features' width.
 from __future__ import annotations
 
 from .backend import xp_of
-from .layers import linear_backward
+from .layers import linear_param_grads
 from .llama import embed_tokens, embed_tokens_backward, language_model_backward, language_model_with_inputs, lm_head
 from .loss import cross_entropy, cross_entropy_backward
 from .merge import merge_image_features, merge_image_features_backward
@@ -69,9 +69,11 @@ def loss_and_gradients(params, cfg, input_ids, attention_mask, labels, vision_fe
     dlogits = cross_entropy_backward(logits, labels, IGNORE_INDEX)  # [B, T, V]
     del logits
     grads = {}
-    dhidden, d_lm_head, _ = linear_backward(dlogits, saved["hidden"], params["lm_head"]["weight"])  # [B, T, D]
+    train_lm = "language_model" in trainable
+    train_head = "lm_head" in trainable or (train_lm and cfg.tie_word_embeddings)
+    dhidden, head_grads = linear_param_grads(dlogits, saved["hidden"], params["lm_head"], train_head)  # [B, T, D]
     dembeds, lm_grads = language_model_backward(
-        dhidden, params["language_model"], saved["language_model"], cfg.text
+        dhidden, params["language_model"], saved["language_model"], cfg.text, weight_grads=train_lm
     )  # [B, T, D]
     grads["inputs_embeds"] = dembeds
     if saved["image_features_shape"] is not None:
@@ -82,11 +84,11 @@ def loss_and_gradients(params, cfg, input_ids, attention_mask, labels, vision_fe
             _, grads["multi_modal_projector"] = multi_modal_projector_backward(
                 dimage, params["multi_modal_projector"], vision_features, cfg.projector_hidden_act
             )
-    if "language_model" in trainable:
+    if train_lm:
         d_embedding = embed_tokens_backward(dembeds, params["language_model"]["embed_tokens"]["weight"], input_ids)
         if cfg.tie_word_embeddings:  # lm_head's matrix is the embedding matrix: its two uses add up
-            d_embedding = d_embedding + d_lm_head
+            d_embedding = d_embedding + head_grads["weight"]
         grads["language_model"] = {**lm_grads, "embed_tokens": {"weight": d_embedding}}
     if "lm_head" in trainable and not cfg.tie_word_embeddings:
-        grads["lm_head"] = {"weight": d_lm_head}
+        grads["lm_head"] = head_grads
     return loss, grads

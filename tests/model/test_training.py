@@ -241,3 +241,17 @@ def test_bad_training_options(tiny_checkpoint):
     _, grads = mapped.loss_and_gradients(input_ids, pixel_values, attention_mask, labels)
     with pytest.raises(ValueError, match=r"multi_modal_projector\.linear_\d\.weight is read-only"):
         optim.AdamW().step(mapped.params, {"multi_modal_projector": grads["multi_modal_projector"]}, 1e-3)
+
+
+def test_clip_grad_norm_equals_torch():
+    rng = np.random.default_rng(9)
+    for max_norm in (0.5, 100.0):  # clipped, and left alone
+        grads = {"a": rng.standard_normal((6, 5)).astype(np.float32), "b": [rng.standard_normal(7).astype(np.float32)]}
+        theirs = [torch.tensor(g.copy(), requires_grad=True) for g in (grads["a"], grads["b"][0])]
+        for t in theirs:
+            t.grad = t.detach().clone()
+        their_norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm).item()
+        norm = optim.clip_grad_norm(grads, max_norm)
+        assert math.isclose(norm, their_norm, rel_tol=1e-6)
+        assert rel_err(grads["a"], theirs[0].grad.numpy()) <= 1e-6
+        assert rel_err(grads["b"][0], theirs[1].grad.numpy()) <= 1e-6
