@@ -58,6 +58,7 @@ from .files import read_json
 IMAGE_TOKEN = "<image>"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PADDING_SIDES = ("left", "right")
+IGNORE_INDEX = -100  # a label that is not learnt (Transformers' and LLaVA's)
 
 
 class LlavaProcessor:
@@ -200,6 +201,59 @@ class LlavaProcessor:
             input_ids, attention_mask = self._pad(rows, padding, side)  # [B, T], [B, T]
             out = {"input_ids": input_ids, "attention_mask": attention_mask, **out}
         return out
+
+    def training_inputs(self, conversations, images=None, padding_side: str | None = None) -> dict[str, np.ndarray]:
+        """Whole conversations (each ending with the assistant's answer) and their images -> the model's inputs and
+        ``labels`` for ``LlavaModel.loss``: the tokens of every assistant answer, and the end-of-sequence token
+        after each, count; everything else (system and user turns, the image tokens, the template's role markers,
+        the padding) is -100, as LLaVA builds its training targets.
+
+        LLaVA's conversation format ends each answer with </s> ("ASSISTANT: blue</s>USER: ..."); llava-hf's
+        llava-1.5 template does not write it, so it is added after any answer that does not already end with the
+        eos token (llava-interleave's template ends each turn with <|im_end|>, its eos: nothing is added).
+        -> {"input_ids", "attention_mask", "labels"} [B, T] int64 (+ "pixel_values" with images), padded on
+        ``padding_side`` (default: the processor's).
+        """
+        if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]  # one conversation
+        if not isinstance(conversations, (list, tuple)) or not conversations:
+            raise ValueError("conversations must be a conversation (a list of messages) or a non-empty list of them")
+        side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
+        out = {} if images is None else {"pixel_values": self(images=images)["pixel_values"]}  # [N, 3, H, W]
+        n_images = 0 if images is None else out["pixel_values"].shape[0]
+        count = 0 if images is None else self.image_token_count(*out["pixel_values"].shape[2:])  # per image
+
+        def ids_of(text):  # the prompt's tokens, each <image> expanded as __call__ does
+            return self.tokenizer.encode(text.replace(self.image_token, self.image_token * count)).ids
+
+        rows, label_rows, markers = [], [], 0
+        for i, conversation in enumerate(conversations):
+            answers = [k for k, m in enumerate(conversation) if isinstance(m, dict) and m.get("role") == "assistant"]
+            if not answers or answers[-1] != len(conversation) - 1:
+                raise ValueError(f"conversations[{i}] must end with an assistant message (the answer to learn)")
+            full_text = self.apply_chat_template(conversation).rstrip()  # (whitespace after the last answer: dropped)
+            markers += full_text.count(self.image_token)
+            full = ids_of(full_text)
+            row, labels, done = [], [], 0  # done: tokens of `full` copied to row so far
+            for k in answers:
+                start = len(ids_of(self.apply_chat_template(conversation[:k], add_generation_prompt=True)))
+                end = len(ids_of(self.apply_chat_template(conversation[: k + 1]).rstrip()))  # the answer's last token
+                if not (done <= start <= end <= len(full)) or ids_of(full_text)[:end] != full[:end]:
+                    raise ValueError(f"conversations[{i}]: the template's text does not tokenize turn by turn")
+                answer = full[start:end]
+                if self.eos_token_id is not None and (not answer or answer[-1] != self.eos_token_id):
+                    answer = [*answer, self.eos_token_id]  # LLaVA's </s> after the answer
+                row += full[done:start] + answer
+                labels += [IGNORE_INDEX] * (start - done) + answer
+                done = end
+            rows.append(row + full[done:])
+            label_rows.append(labels + [IGNORE_INDEX] * (len(full) - done))
+        if markers != n_images:
+            raise ValueError(f"the conversations hold {markers} image(s) but {n_images} were given in `images`")
+        input_ids, attention_mask = self._pad(rows, True, side)  # [B, T]
+        labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)  # [B, T]
+        labels[attention_mask == 1] = np.concatenate([np.asarray(r, dtype=np.int64) for r in label_rows])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **out}
 
     def _pad(self, rows: list[list[int]], padding, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Token rows -> (input_ids [B, T], attention_mask [B, T]), padded with pad_token_id on `side`."""
