@@ -11,6 +11,8 @@ check cells, and ``%%needs_transformers`` on the cells that compare with Hugging
 when Transformers (and torch) are installed and print one line saying they were skipped when not, so that a
 reader with minillava alone runs every cell that teaches. Notebook 7 starts with ``course.real_model_folder()``
 instead (the real llava-1.5-7b, when $MINILLAVA_LLAVA_7B names its folder, and the ``%%real_model`` magic).
+Notebook 9 also imports two scripts of the repository's tools/ with ``course.load_tool`` (the demo's pictures and
+its stage-1 trainer).
 """
 
 from __future__ import annotations
@@ -34,6 +36,38 @@ LLAVA_7B_CONFIG = next(
 )
 
 SKIPPED = "skipped: this cell checks against Hugging Face Transformers, which is not installed"
+
+
+def repository() -> Path | None:
+    """The minillava checkout these notebooks belong to, for the files of it beyond the package that notebook 9
+    reads (tools/train_demo.py, the demo's pictures; tools/train_stage1.py; notebooks/data/): this folder when it
+    holds them (a course folder written by tools/student_notebooks.py copies them in), the folder above it (the
+    repository's notebooks/), or else the checkout minillava is imported from. None when none has tools/."""
+    for root in (HERE, HERE.parent, Path(minillava.__file__).resolve().parents[1]):
+        if (root / "tools" / "train_demo.py").is_file():
+            return root
+    return None
+
+
+def load_tool(name: str):
+    """tools/<name>.py of the repository as a module (notebook 9: "train_demo", "train_stage1"), imported once."""
+    import importlib.util
+
+    root = repository()
+    if root is None:
+        raise FileNotFoundError(
+            f"tools/{name}.py not found: notebook 9 needs the minillava repository (git clone it and "
+            '`pip install -e ".[notebooks]"` there)'
+        )
+    path = root / "tools" / f"{name}.py"
+    module = sys.modules.get(name)
+    if module is not None and Path(getattr(module, "__file__", "")).resolve() == path.resolve():
+        return module  # already imported (train_stage1 imports train_demo itself)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: the dataclasses of a tool look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def plot_defaults() -> None:
@@ -116,6 +150,12 @@ def reference():
     else:
         transformers.utils.logging.disable_progress_bar()
         warnings.filterwarnings("ignore", message="IProgress not found")
+        # torchao (a test dependency, which Transformers imports when it loads a model) logs that its optional GPU
+        # kernels cannot load and that torch deprecates one of its registrations: nothing about these notebooks.
+        import logging
+
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     def needs_transformers(line, cell):
         if transformers is None:

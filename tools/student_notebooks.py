@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CONFIGS = ("llava-1.5-7b-hf", "llava-interleave-qwen-0.5b-hf")  # in tests/data; the notebooks compare with them
+COURSE_FILES = ("tools/train_demo.py", "tools/train_stage1.py", "notebooks/data/stage1_run.json")  # notebook 9's
 
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's stub for Python
 BEGIN_SOLUTION, END_SOLUTION = "BEGIN SOLUTION", "END SOLUTION"
@@ -132,7 +133,8 @@ def student_version(nb, name: str = "notebook"):
 
 
 def write_course(out: Path) -> list[Path]:
-    """Write the student version of every notebook into ``out``, with course.py and the CONFIGS beside them."""
+    """Write the student version of every notebook into ``out``, with course.py, the CONFIGS and the COURSE_FILES
+    beside them."""
     import nbformat
 
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,9 @@ def write_course(out: Path) -> list[Path]:
         nbformat.write(student_version(nb, path.name), out / path.name)
         written.append(out / path.name)
     shutil.copy(NOTEBOOKS / "course.py", out / "course.py")
+    for relative in COURSE_FILES:  # what notebook 9 reads beyond the package, where course.repository() looks
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / relative, out / relative)
     for name in CONFIGS:
         (out / name).mkdir(exist_ok=True)
         shutil.copy(ROOT / "tests" / "data" / name / "config.json", out / name / "config.json")
