@@ -14,6 +14,7 @@ own, one after the other (the machine's memory is all theirs), and reports what 
     float16-plain  the same with the plain path: each whole weight cast, then multiplied (the library's default)
     float32        minillava, weights cast to float32 in RAM (low_memory=False: the machine must hold them)
     int8, int4, nf4  minillava with quantize=... (the language model's linear weights), blocked_matmul=True
+    int8-mapped    int8, the other weights kept in the file's float16, memory-mapped (low_memory=True)
     transformers   LlavaForConditionalGeneration.from_pretrained(dtype=float16), its default attention, the CPU
 
 The prompt is one image and a short question (593 tokens for llava-1.5: 576 image tokens), batch 1; decode is
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("float16", "float16-plain", "float32", "int8", "int4", "nf4", "transformers")
+MODES = ("float16", "float16-plain", "float32", "int8", "int8-mapped", "int4", "nf4", "transformers")
 SHARD_BYTES = 5 * 10**9  # llava-1.5-7b-hf's shards: ~5 GB each, 3 files
 TEXT_TOKENS = 17  # a short question around the image tokens: 576 + 17 = 593 for llava-1.5
 
@@ -174,6 +175,7 @@ def run_minillava(folder: Path, mode: str, new_tokens: int) -> dict:
         "float16": dict(low_memory=True, blocked_matmul=True),
         "float16-plain": dict(low_memory=True),
         "float32": dict(low_memory=False),
+        "int8-mapped": dict(quantize="int8", low_memory=True, blocked_matmul=True),
     }.get(mode, dict(quantize=mode, blocked_matmul=True))
     start = time.perf_counter()
     model = minillava.load_model(folder, **options)

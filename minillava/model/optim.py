@@ -26,6 +26,12 @@ def warmup_cosine(step: int, total_steps: int, peak_lr: float, warmup_steps: int
     """The learning rate of step ``step`` (0-based): linear from 0 to ``peak_lr`` over ``warmup_steps``, then
     half a cosine down to 0 at ``total_steps`` (Transformers' get_cosine_schedule_with_warmup, which LLaVA's
     scripts use with warmup_ratio 0.03)."""
+    number = isinstance(peak_lr, (int, float)) and not isinstance(peak_lr, bool)
+    if not (number and math.isfinite(peak_lr) and peak_lr > 0):
+        raise ValueError(f"peak_lr must be a positive number, got {peak_lr!r}")
+    if not (isinstance(total_steps, int) and total_steps >= 1 and isinstance(warmup_steps, int) and warmup_steps >= 0):
+        raise ValueError(f"total_steps must be an int >= 1 and warmup_steps an int >= 0, got {total_steps!r}, "
+                         f"{warmup_steps!r}")  # fmt: skip
     if step < warmup_steps:
         return peak_lr * step / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

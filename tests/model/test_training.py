@@ -234,6 +234,13 @@ def test_bad_training_options(tiny_checkpoint):
     for lr in (-1.0, float("nan"), "1e-3"):
         with pytest.raises(ValueError, match="lr must be a finite number"):
             optim.AdamW().step({"w": np.zeros(2)}, {"w": np.ones(2)}, lr)
+    for peak in (0.0, -1e-3, float("inf"), "1e-3", True):
+        with pytest.raises(ValueError, match="peak_lr must be a positive number"):
+            optim.warmup_cosine(0, 10, peak, 1)
+    with pytest.raises(ValueError, match="total_steps must be an int >= 1"):
+        optim.warmup_cosine(0, 0, 1e-3, 0)
+    with pytest.raises(ValueError, match=r"the gradient's shape \[3\] is not the weight's \[2\]"):
+        optim.AdamW().step({"w": np.zeros(2)}, {"w": np.ones(3)}, 1e-3)
     quantized = minillava.load_model(tiny_checkpoint("base", "hub", "float32", False), quantize="int8")
     with pytest.raises(ValueError, match="loss_and_gradients needs the weights as float arrays"):
         quantized.loss_and_gradients(input_ids, pixel_values, attention_mask, labels)
