@@ -181,6 +181,18 @@ class LlavaProcessor:
         if padding not in (True, False, "longest", "do_not_pad"):
             raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad', got {padding!r}")
         side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
+        nested = isinstance(images, (list, tuple)) and any(isinstance(item, (list, tuple)) for item in images)
+        if prompts is not None and nested:  # one list of images per prompt: each prompt's count must match its own
+            if len(images) != len(prompts):
+                raise ValueError(f"`images` holds {len(images)} lists but there are {len(prompts)} prompts: give one "
+                                 "list of images per prompt, or one flat list in the order of the markers")  # fmt: skip
+            for i, (prompt, own) in enumerate(zip(prompts, images, strict=True)):
+                n_own = len(own) if isinstance(own, (list, tuple)) else 1
+                if prompt.count(self.image_token) != n_own:
+                    raise ValueError(
+                        f"prompt {i} holds {prompt.count(self.image_token)} {self.image_token} marker(s) but its "
+                        f"list in `images` has {n_own} image(s)"
+                    )
         if prompts is not None:  # check the markers before any image is decoded
             markers = sum(prompt.count(self.image_token) for prompt in prompts)
             given = 0 if image_list is None else len(image_list)

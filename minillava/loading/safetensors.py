@@ -87,7 +87,7 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise ValueError(f"{where}: header entry must have dtype, shape and data_offsets, got {info!r}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{where}: unknown or unsupported dtype {dtype!r}")
         if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
             raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
@@ -110,6 +110,21 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
                 f"{where}: data_offsets {offsets} span {end - begin} bytes, but {dtype} of shape {shape} needs {nbytes}"
             )
         tensors[name] = {"dtype": dtype, "shape": tuple(shape), "begin": begin, "end": end}
+    # The format's rule, which its reference reader enforces: the tensors cover the data buffer exactly, one after
+    # another, with no gap and no overlap. A header length one byte off, or two tensors sharing bytes, break it
+    # (and would otherwise read every weight shifted, or one weight as two, without a word).
+    covered = 0
+    for name, info in sorted(tensors.items(), key=lambda item: (item[1]["begin"], item[1]["end"])):
+        if info["begin"] != covered:
+            what = "overlaps the tensor before it" if info["begin"] < covered else "leaves a gap before it"
+            raise ValueError(f"{path}: tensor {name!r} starts at byte {info['begin']} of the data, which {what} "
+                             f"(the previous one ends at {covered}): a corrupt header")  # fmt: skip
+        covered = info["end"]
+    if covered != buffer_size:
+        raise ValueError(
+            f"{path}: the tensors cover {covered} bytes of data but the file holds {buffer_size} after its "
+            f"{header_size}-byte header (a wrong header length, or bytes appended): not a valid safetensors file"
+        )
     return tensors, data_start
 
 

@@ -317,8 +317,12 @@ def _checkpoint_files(folder: str) -> dict[str, list[str] | None]:
         raise ValueError(f"{index_path}: needs a 'weight_map' object of tensor name -> shard file name")
 
     files: dict[str, list[str]] = {}
+    root = os.path.realpath(folder)
     for name, shard in weight_map.items():
-        files.setdefault(os.path.join(folder, shard), []).append(name)
+        path = os.path.join(folder, shard)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:  # an absolute path, or one with ../
+            raise ValueError(f"{index_path}: weight_map names the shard {shard!r} for {name!r}, outside the folder")
+        files.setdefault(path, []).append(name)
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"shard {path!r} named in {index_path} does not exist")

@@ -149,16 +149,25 @@ def generation_defaults(config, generation_config: dict | None = None) -> Genera
 
 def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
     """One clear error per bad argument, before any compute (the model's generate calls it)."""
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+
+    def integer(value):  # True and False are ints to Python, never a count of tokens here
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+    def number(value):
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+    if not integer(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if do_sample and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling (do_sample=True), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 0):
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
+    if not number(temperature) or (do_sample and not temperature > 0):
+        raise ValueError(f"temperature must be a number (> 0 when sampling, do_sample=True), got {temperature!r}")
+    if top_k is not None and (not integer(top_k) or top_k < 0):
         raise ValueError(f"top_k must be a non-negative integer (0 or None: no top-k), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    if not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+    if not number(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if not number(repetition_penalty) or not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
 
 
 def as_id_set(eos_token_id) -> tuple[int, ...]:

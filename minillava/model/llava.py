@@ -302,6 +302,8 @@ class LlavaModel:
             )
         if not np.issubdtype(np.dtype(pixel_values.dtype), np.floating):
             raise ValueError(f"pixel_values must be a float array, got dtype {pixel_values.dtype}")
+        if not bool(backend.xp_of(pixel_values).isfinite(pixel_values).all()):  # NaN in, NaN logits out: say so
+            raise ValueError("pixel_values hold NaN or infinite values")
         return pixel_values
 
     def _checked_images(self, input_ids, pixel_values, cache):
@@ -359,6 +361,16 @@ class LlavaModel:
             raise ValueError(
                 f"attention_mask must have shape [B, cached + T] = [{B}, {start + T}], got {list(attention_mask.shape)}"
             )
+        if not (np.issubdtype(attention_mask.dtype, np.number) or attention_mask.dtype == bool):
+            raise ValueError(f"attention_mask must be 0s and 1s, got dtype {attention_mask.dtype}")
+        others = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if others.size:  # a 2 would count as padding and a 0.5 as nothing: never guess
+            value = others.flat[0].item()
+            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (a token), got {value!r}")
+        empty = np.flatnonzero(~attention_mask.astype(bool).any(axis=1))
+        if empty.size:
+            raise ValueError(f"attention_mask row {int(empty[0])} is all 0: that sequence has no token to attend to")
+        attention_mask = attention_mask.astype(np.int64, copy=False)
         if position_ids is None:
             position_ids = np.broadcast_to(np.arange(start, start + T), (B, T))
         position_ids = np.asarray(backend.to_numpy(position_ids))

@@ -203,6 +203,20 @@ def test_old_and_new_file_forms(folders, hf):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_images_per_prompt_must_match_each_prompt(folders):
+    """A list of images per prompt whose counts match only in total (both images to prompt 0) used to be accepted."""
+    processor = load_processor(folders["llama"])
+    one, two = small_images(2)
+    with pytest.raises(ValueError, match=r"prompt 0 holds 1 <image> marker\(s\) but its list in `images` has 2"):
+        processor(images=[[one, two], []], text=["<image> a", "<image> b"])
+    with pytest.raises(ValueError, match="`images` holds 3 lists but there are 2 prompts"):
+        processor(images=[[one], [two], []], text=["<image> a", "<image> b"])
+    nested = processor(images=[[one], [two]], text=["<image> a", "<image> b"])
+    flat = processor(images=[one, two], text=["<image> a", "<image> b"])
+    for key in flat:
+        np.testing.assert_array_equal(nested[key], flat[key])
+
+
 def test_bad_calls(folders, tmp_path):
     processor = load_processor(folders["llama"])
     missing = str(tmp_path / "no_such_image.png")  # the count check must come before any image is read

@@ -4,6 +4,7 @@ do not fit) refused with one clear error naming the file and the tensor."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -151,4 +152,37 @@ def test_unknown_dtype(tmp_path):
 def test_offsets_that_do_not_match_the_shape(tmp_path):
     raw_safetensors(tmp_path / "model.safetensors", {KEY: ("F32", (5,), bytes(16))})
     with pytest.raises(ValueError, match=rf"tensor '{KEY}': data_offsets \[0, 16\] span 16 bytes.*needs 20"):
+        load_weights(tmp_path)
+
+
+def _write(path, header: dict, data: bytes, header_size_delta: int = 0):
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)  # padded, as save_file pads: a length one byte short still parses as JSON
+    path.write_bytes(struct.pack("<Q", len(blob) + header_size_delta) + blob + data)
+
+
+def test_data_must_be_covered_exactly(tmp_path):
+    """The reference reader's rule: tensors cover the data buffer one after another, no gap, no overlap, nothing
+    after them. Each of these used to load, reading weights shifted or shared, without a word."""
+    path = tmp_path / "model.safetensors"
+    a = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    b = {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}
+    data = np.arange(8, dtype=np.float32).tobytes()
+    _write(path, {KEY: a, "other": b}, data, header_size_delta=-1)  # the length field one byte short
+    with pytest.raises(ValueError, match=r"the tensors cover 32 bytes of data but the file holds 33"):
+        load_weights(tmp_path)
+    _write(path, {KEY: a, "other": {**b, "data_offsets": [8, 24]}}, data[:24])  # the second overlaps the first
+    with pytest.raises(ValueError, match=r"tensor 'other' starts at byte 8 of the data, which overlaps"):
+        load_weights(tmp_path)
+    _write(path, {KEY: a, "other": {**b, "data_offsets": [20, 36]}}, data + bytes(4))  # a gap between them
+    with pytest.raises(ValueError, match=r"tensor 'other' starts at byte 20 of the data, which leaves a gap"):
+        load_weights(tmp_path)
+    _write(path, {KEY: a, "other": b}, data + b"extra")  # bytes appended
+    with pytest.raises(ValueError, match=r"cover 32 bytes of data but the file holds 37"):
+        load_weights(tmp_path)
+
+
+def test_a_dtype_that_is_not_a_string(tmp_path):
+    raw_safetensors(tmp_path / "model.safetensors", {KEY: (["F32"], (4,), bytes(16))})
+    with pytest.raises(ValueError, match=rf"tensor '{KEY}': unknown or unsupported dtype \['F32'\]"):
         load_weights(tmp_path)

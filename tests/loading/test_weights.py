@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -359,6 +360,19 @@ def test_index_without_weight_map(checkpoints, tmp_path):
     folder = copy_of(checkpoints, tmp_path, "memory", True, "float32")
     (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: needs a 'weight_map'"):
+        load_weights(folder)
+
+
+@pytest.mark.parametrize("outside", ["../elsewhere.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_shards_outside_the_folder_are_refused(checkpoints, tmp_path, outside):
+    """The index names files for the loader to open: none may lie outside the checkpoint folder."""
+    folder = copy_of(checkpoints, tmp_path, "memory", True, "float32")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = outside
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"weight_map names the shard '{re.escape(outside)}' .* outside the folder"):
         load_weights(folder)
 
 

@@ -166,6 +166,14 @@ def test_sample_draws_follow_the_distribution():
         (dict(top_p=1.5), "top_p"),
         (dict(top_k=-1), "top_k"),
         (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(max_new_tokens=True), "max_new_tokens must be a positive integer, got True"),
+        (dict(max_new_tokens=2.0), "max_new_tokens must be a positive integer"),
+        (dict(temperature="hot"), "temperature must be a number"),
+        (dict(do_sample=True, temperature=None), "temperature must be a number"),
+        (dict(top_k=True), "top_k must be a non-negative integer"),
+        (dict(top_p="0.9"), "top_p must be a number"),
+        (dict(repetition_penalty=[1.2]), "repetition_penalty must be a number"),
+        (dict(do_sample="yes"), "do_sample must be True or False"),
     ],
 )
 def test_bad_generation_arguments(pair, kwargs, match):

@@ -141,3 +141,43 @@ def test_every_module_matches_its_transformers_submodule(tiny_checkpoint, hf_mod
     every_layer = variant in ("layer_list", "interleave")  # they read the last layer
     assert n_computed == cfg.vision_layers_needed < cfg.vision.num_hidden_layers + every_layer
     assert sorted(trace) == sorted(activation_names(cfg, with_images=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs that used to give a silently wrong answer: refused at the entry points, naming the argument
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mask", "match"),
+    [([[1, 1, 2]], r"attention_mask must hold only 0 \(padding\) and 1 \(a token\), got 2"),
+     ([[1.0, 0.5, 1.0]], "attention_mask must hold only 0 .* got 0.5"),
+     ([[1, 1, 1], [0, 0, 0]], "attention_mask row 1 is all 0"),
+     ([["1", "1", "1"]], "attention_mask must be 0s and 1s, got dtype")],
+)  # fmt: skip
+def test_attention_mask_of_other_values_is_refused(tiny_checkpoint, mask, match):
+    model = minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
+    input_ids = np.array([[1, 5, 6]] * len(mask))
+    for call in (model.forward, model.generate):
+        with pytest.raises(ValueError, match=match):
+            call(input_ids, attention_mask=np.array(mask))
+
+
+def test_masks_of_booleans_and_floats_of_0_and_1_are_the_same(tiny_checkpoint):
+    model = minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
+    input_ids = np.array([[0, 5, 6], [1, 5, 6]])
+    ints = np.array([[0, 1, 1], [1, 1, 1]])
+    expected = model.forward(input_ids, attention_mask=ints)
+    for mask in (ints.astype(bool), ints.astype(np.float32)):
+        np.testing.assert_array_equal(model.forward(input_ids, attention_mask=mask), expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixel_values_are_refused(tiny_checkpoint, bad):
+    model = minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(0), [[2, "img", 2]])
+    pixel_values[0, 1, 2, 3] = bad
+    for call in (model.forward, model.generate, model.encode_image):
+        args = (pixel_values,) if call == model.encode_image else (input_ids, pixel_values, attention_mask)
+        with pytest.raises(ValueError, match="pixel_values hold NaN or infinite values"):
+            call(*args)
