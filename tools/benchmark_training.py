@@ -26,23 +26,23 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
+
+from benchmark import THREAD_VARS, timed  # noqa: E402  (the inference benchmark's thread settings and timer)
+
 STAGES = {"stage 1": ("multi_modal_projector",), "stage 2": ("multi_modal_projector", "language_model", "lm_head")}
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LR = 1e-5  # small: the repeated steps barely move the model
 
 
 def batch(size: int, seed: int = 0):
     """input_ids, attention_mask, labels [B, T] and pixel_values [B, 3, S, S] of ``size`` demo conversations."""
     import numpy as np
-    from tokenizers import Tokenizer
-
-    sys.path.insert(0, str(REPO / "tools"))
-    sys.path.insert(0, str(REPO))
     import train_demo
+    from tokenizers import Tokenizer
 
     from minillava.demo import demo_folder
 
@@ -51,16 +51,6 @@ def batch(size: int, seed: int = 0):
     encoder = train_demo.Encoder(Tokenizer.from_file(str(demo_folder() / "tokenizer.json")))
     input_ids, attention_mask, labels = encoder.batch(examples)
     return input_ids, attention_mask, labels, train_demo.pixel_values([e.image for e in examples])
-
-
-def timed(step, repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_minillava(args) -> dict:
@@ -79,7 +69,7 @@ def run_minillava(args) -> dict:
             adamw.step(model.params, grads, LR)
             return loss
 
-        result[name] = timed(step, args.repeats)
+        result[name] = timed(step, args.repeats)[0]
     result["loss"] = float(model.loss(input_ids, pixel_values, attention_mask, labels))
     return result
 
@@ -107,7 +97,7 @@ def run_transformers(args) -> dict:
             opt.step()
             return loss
 
-        result[name] = timed(step, args.repeats)
+        result[name] = timed(step, args.repeats)[0]
     with torch.no_grad():
         result["loss"] = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                                labels=labels).loss.item()  # fmt: skip

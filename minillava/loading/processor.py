@@ -50,6 +50,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from ..demo import demo_folder
 from ..model.clip import FEATURE_SELECT_STRATEGIES
+from ..model.training import IGNORE_INDEX
 from . import preprocess as image_preprocess
 from .chat_template import native_renderer, render_jinja
 from .config import load_config
@@ -58,7 +59,6 @@ from .files import read_json
 IMAGE_TOKEN = "<image>"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PADDING_SIDES = ("left", "right")
-IGNORE_INDEX = -100  # a label that is not learnt (Transformers' and LLaVA's)
 
 
 class LlavaProcessor:
@@ -248,9 +248,11 @@ class LlavaProcessor:
             full = ids_of(full_text)
             row, labels, done = [], [], 0  # done: tokens of `full` copied to row so far
             for k in answers:
-                start = len(ids_of(self.apply_chat_template(conversation[:k], add_generation_prompt=True)))
-                end = len(ids_of(self.apply_chat_template(conversation[: k + 1]).rstrip()))  # the answer's last token
-                if not (done <= start <= end <= len(full)) or ids_of(full_text)[:end] != full[:end]:
+                prompt = ids_of(self.apply_chat_template(conversation[:k], add_generation_prompt=True))
+                through = ids_of(self.apply_chat_template(conversation[: k + 1]).rstrip())  # up to the answer's end
+                start, end = len(prompt), len(through)
+                # Both must be beginnings of the whole conversation's tokens, or the spans would mark other tokens.
+                if not done <= start <= end or full[:start] != prompt or full[:end] != through:
                     raise ValueError(f"conversations[{i}]: the template's text does not tokenize turn by turn")
                 answer = full[start:end]
                 if self.eos_token_id is not None and (not answer or answer[-1] != self.eos_token_id):

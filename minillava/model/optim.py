@@ -79,7 +79,8 @@ class AdamW:
     eps: float = 1e-8
     weight_decay: float = 0.01
     steps: int = 0
-    moments: dict = field(default_factory=dict)  # id of a path -> (m, v)
+    # an array's path in params, e.g. ("multi_modal_projector", "linear_1", "weight") -> its (m, v)
+    moments: dict = field(default_factory=dict)
 
     def step(self, params, grads, lr: float) -> None:
         if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0):
