@@ -7,23 +7,35 @@
     minillava --model path/to/llava-interleave-qwen-0.5b-hf --image cat.jpg   # SigLIP + Qwen2, its own template
 
 ``--model`` takes a local llava-hf folder or a hub id (downloaded with huggingface_hub when it is
-installed). Every error is one line on stderr and a non-zero exit status; Ctrl-C stops cleanly.
+installed). Every error is one line on stderr and a non-zero exit status (2 for a bad flag; --verbose shows the
+whole message where the library gives more, e.g. every tensor of a checkpoint that does not match its config);
+Ctrl-C stops cleanly (130), and a closed pipe (`minillava | head -c 1`) ends quietly (141, as for SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from .demo import demo_folder
 from .loading.checkpoint import ATTN_IMPLEMENTATIONS, QUANTIZE_CHOICES, find_checkpoint
 from .loading.files import read_json
 from .loading.preprocess import load_image
+from .loading.weights import NonFiniteWeightsWarning
 
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 130 = 128 + SIGINT, 141 = 128 + SIGPIPE
 DEFAULT_QUESTION = "What is shown in the image?"
-DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions
+DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions:
+DEMO_QUESTIONS = (  # (tools/train_demo.py), named when it answers another with nothing
+    "What shapes are in the image?",
+    "What colour is the star?",
+    "How many shapes are there?",
+    "Where is the circle?",
+    "Is there a blue square?",
+)
 
 
 class CliError(Exception):
@@ -63,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse weights holding NaN or inf (reads the whole checkpoint once)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="errors in full (e.g. every mismatching tensor)")
     return parser
 
 
@@ -97,13 +113,14 @@ def load(args, folder: Path):
     try:
         minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
+        warnings.simplefilter("always", NonFiniteWeightsWarning)  # shown by show_warning: one line each
         # blocked_matmul: weights kept at rest (memory-mapped float16, quantized) are multiplied a block of rows at a
         # time in a decode step, several times faster than the library's plain default (model/blocked.py)
         model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory or None,
                                      progress=progress, memory_budget=args.memory_budget, quantize=args.quantize,
-                                     attn_implementation=args.attn_implementation,
+                                     attn_implementation=args.attn_implementation, strict=args.strict,
                                      blocked_matmul=args.device == "cpu")  # fmt: skip
-    except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as err:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
         raise CliError(f"--model {folder}: {err}") from None
     if shown[0] >= 0:
         print(file=sys.stderr)
@@ -129,20 +146,39 @@ def open_image(path):
         raise CliError(f"--image {path}: {err}") from None
 
 
-def answer(model, processor, image, conversation, args, out=None) -> str:
-    """Stream the answer to the conversation's last question (to ``out``, stdout by default); return it whole."""
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """The library's warnings (e.g. weights holding NaN) as one line on stderr, without Python's source line."""
+    print(f"minillava: warning: {message}", file=sys.stderr)
+
+
+def check_question(question: str, processor, flag: str) -> None:
+    """The picture is placed by the chat template: an image marker typed into the question would ask for a
+    second picture that was never given."""
+    if processor.image_token in question:
+        raise CliError(f"{flag}: contains {processor.image_token!r}, the image marker; the picture is placed for you")
+
+
+def answer(model, processor, image, conversation, args, out=None, is_demo=False) -> str:
+    """Stream the answer to the conversation's last question (to ``out``, stdout by default); return it whole.
+    An empty answer (the model ended at once) is said on stderr, with the questions the demo model knows."""
     out = out or sys.stdout
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=[image] if image is not None else None, text=[prompt])
     pieces = []
     try:
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = processor(images=[image] if image is not None else None, text=[prompt])
         for piece in model.stream(processor, **inputs, **generation_kwargs(args)):
             pieces.append(piece)
             print(piece, end="", file=out, flush=True)
-    except ValueError as err:  # bad sampling flags, a prompt longer than the context, ...
+    except (ValueError, TypeError) as err:  # bad sampling flags, a prompt longer than the context, NaN logits, ...
+        if pieces:
+            print(file=out, flush=True)  # end the partial answer's line before the error
         raise CliError(str(err)) from None
     print(file=out, flush=True)
-    return "".join(pieces).strip()
+    reply = "".join(pieces).strip()
+    if not reply:
+        known = f": the demo model knows only questions such as {', '.join(map(repr, DEMO_QUESTIONS))}"
+        print(f"minillava: the model gave no answer (it ended at once){known if is_demo else ''}", file=sys.stderr)
+    return reply
 
 
 def user_turn(question, with_image):
@@ -161,10 +197,10 @@ def run_samples(model, processor, args):
         image_path = meta_file.with_suffix(".png")
         image = open_image(image_path)
         print(f"{image_path.name}\n  Q: {meta['question']}\n  A: ", end="", flush=True)
-        answer(model, processor, image, [user_turn(meta["question"], True)], args)
+        answer(model, processor, image, [user_turn(meta["question"], True)], args, is_demo=True)
 
 
-def run_chat(model, processor, image, args):
+def run_chat(model, processor, image, args, is_demo=False):
     """A multi-turn conversation about one picture; an empty line or Ctrl-D ends it."""
     conversation = []
     print("Ask about the picture (empty line or Ctrl-D to quit).", file=sys.stderr)
@@ -176,14 +212,39 @@ def run_chat(model, processor, image, args):
             return
         if not question:
             return
+        try:
+            check_question(question, processor, "your question")
+        except CliError as err:  # one bad turn does not end the conversation
+            print(f"minillava: {err}", file=sys.stderr)
+            continue
         conversation.append(user_turn(question, with_image=not conversation))
         print("llava> ", end="", flush=True)
-        reply = answer(model, processor, image, conversation, args)
+        reply = answer(model, processor, image, conversation, args, is_demo=is_demo)
         conversation.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with warnings.catch_warnings():  # the settings below hold for this run only
+            warnings.showwarning = show_warning
+            # NumPy's "invalid value encountered" warnings come with NaN logits, which generation then reports in
+            # one clear line; shown too, they would only repeat it less clearly.
+            warnings.filterwarnings("ignore", "(invalid value|overflow|divide by zero) encountered", RuntimeWarning)
+            return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print("\nminillava: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`minillava | head -c 1`): stop quietly, as a program killed by SIGPIPE
+        # would. Python would still try to flush stdout at exit and complain, so point it at /dev/null first.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout with no file descriptor (a captured one): nothing to flush
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["parity"]:  # `minillava parity ...`: the module-by-module comparison (minillava/parity/)
         from .parity.command import main as parity_main
 
@@ -196,24 +257,26 @@ def main(argv=None) -> int:
             raise CliError("--chat needs --image")
         if args.question and not args.image:
             raise CliError("--question needs --image (or run without arguments for the demo samples)")
+        if args.chat and (sys.stdin is None or sys.stdin.closed):
+            raise CliError("--chat reads the questions from stdin, which is closed")
         image = open_image(args.image) if args.image else None
         folder = resolve_model(args.model)
         model, processor = load(args, folder)
+        is_demo = folder.resolve() == demo_folder()
         if image is None:
             run_samples(model, processor, args)
         elif args.chat:
-            run_chat(model, processor, image, args)
+            run_chat(model, processor, image, args, is_demo)
         else:
-            is_demo = folder.resolve() == demo_folder()
             question = args.question or (DEMO_QUESTION if is_demo else DEFAULT_QUESTION)
-            answer(model, processor, image, [user_turn(question, True)], args)
+            check_question(question, processor, "--question")
+            answer(model, processor, image, [user_turn(question, True)], args, is_demo=is_demo)
         return 0
     except CliError as err:
-        print(f"minillava: {err}", file=sys.stderr)
+        lines = str(err).splitlines()
+        more = f" ({len(lines) - 1} more lines: --verbose shows them)" if len(lines) > 1 and not args.verbose else ""
+        print(f"minillava: {str(err) if args.verbose else lines[0]}{more}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("\nminillava: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

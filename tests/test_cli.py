@@ -195,6 +195,8 @@ def test_sampling_flags_and_seed_are_reproducible(folder, picture, ours, capsys)
         (["--image", "{picture}", "--top-p", "2"], "top_p"),
         (["--image", "{picture}", "--max-new-tokens", "0"], "max_new_tokens"),
         (["--chat"], "--chat needs --image"),
+        (["--image", "{picture}", "-q", "What is <image> here?"], "--question: contains '<image>', the image marker"),
+        (["--image", "{picture}", "--seed", "-1"], "seed must be None or a non-negative integer, got -1"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(folder, picture, tmp_path, capsys, argv, message):
@@ -262,3 +264,100 @@ def test_demo_without_a_question_captions_the_picture(capsys):
     for argv in (["--image", str(picture)], ["--model", str(demo_folder()), "--image", str(picture)]):
         assert cli.main(argv) == 0
         assert capsys.readouterr().out.strip() == record["answer"]
+
+
+def broken_copy(folder, tmp_path, edit):
+    """A copy of the checkpoint folder with one file edited: edit(copy)."""
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "broken")
+    edit(copy)
+    return copy
+
+
+def test_a_config_that_mismatches_the_weights_is_one_line_and_verbose_shows_all(folder, picture, tmp_path, capsys):
+    import json
+
+    def wider(copy):
+        config = json.loads((copy / "config.json").read_text())
+        config["text_config"]["intermediate_size"] += 8
+        (copy / "config.json").write_text(json.dumps(config))
+
+    argv = ["--model", str(broken_copy(folder, tmp_path, wider)), "--image", str(picture)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint does not match the config: 6 problem(s), the first: " in err
+    assert err.endswith("(5 more lines: --verbose shows them)\n")
+    assert cli.main([*argv, "--verbose"]) == 1
+    assert capsys.readouterr().err.count("\n") == 6
+
+
+def test_non_finite_weights_warn_in_one_line_and_the_answer_is_one_error(folder, picture, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    key = "language_model.model.layers.0.mlp.up_proj.weight"
+
+    def poison(copy):
+        for shard in copy.glob("model-*.safetensors"):
+            weights = load_file(shard)
+            if key in weights:
+                weights[key][0, 0] = np.inf
+                save_file(weights, shard, metadata={"format": "pt"})
+
+    argv = ["--model", str(broken_copy(folder, tmp_path, poison)), "--image", str(picture)]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    warning, error = captured.err.splitlines()
+    assert warning.startswith("minillava: warning: 1 weight tensor(s) hold NaN or infinite values") and key in warning
+    assert error.startswith("minillava: the logits at the prompt's last position are NaN or infinite")
+    assert captured.out == ""
+    assert cli.main([*argv, "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hold NaN or infinite values" in err and key in err
+
+
+def test_an_empty_answer_is_said_on_stderr(monkeypatch, capsys):
+    """When the model ends its answer at once, the CLI says so (for the demo model: which questions it knows)."""
+    monkeypatch.setattr(minillava.LlavaModel, "stream", lambda *args, **kwargs: iter([]))
+    picture = demo_folder() / "samples" / "0_colour.png"
+    assert cli.main(["--image", str(picture), "-q", "What is shown in this picture?"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "\n"
+    assert captured.err.startswith("minillava: the model gave no answer (it ended at once): the demo model knows")
+    assert cli.DEMO_QUESTION in captured.err and captured.err.count("\n") == 1
+
+
+def test_chat_refuses_an_image_marker_and_goes_on(folder, picture, monkeypatch, capsys):
+    questions = iter(["Look at <image> please", "What is shown?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    assert cli.main(["--model", str(folder), "--image", str(picture), "--chat", "--max-new-tokens", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "minillava: your question: contains '<image>'" in captured.err
+    assert captured.out.count("llava> ") == 1
+
+
+def test_ctrl_c_while_the_arguments_are_read(monkeypatch, capsys):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.argparse.ArgumentParser, "parse_args", interrupted)
+    assert cli.main(["--image", "x.png"]) == 130
+    assert capsys.readouterr().err.strip() == "minillava: interrupted"
+
+
+def run_shell(command, timeout=300):
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout)
+
+
+def test_chat_with_stdin_closed_is_one_line(folder, picture):
+    result = run_shell(f"{sys.executable} -m minillava --model {folder} --image {picture} --chat <&-")
+    assert result.returncode == 1
+    assert result.stderr == "minillava: --chat reads the questions from stdin, which is closed\n"
+
+
+def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status():
+    """`minillava | head -c 1`: head leaves after one byte; the CLI stops writing, without a traceback, with the
+    status of a program that SIGPIPE ends (141), as other command-line tools do."""
+    result = run_shell(f'{sys.executable} -m minillava | head -c 1; echo " ${{PIPESTATUS[0]}}"')
+    assert result.stdout.endswith(" 141\n") and len(result.stdout) == len("0 141\n")
+    assert result.stderr == ""

@@ -23,8 +23,7 @@ from ..model.blocked import BlockedWeight, thread_pool
 from ..model.generate import generation_defaults
 from ..model.llava import ATTN_IMPLEMENTATIONS, COMPUTE_DTYPES, LlavaModel
 from ..model.quantize import FORMATS, QuantizedWeight
-from .config import load_config
-from .files import read_json
+from .config import load_config, load_generation_config
 from .memory import plan_memory, weight_bytes
 from .weights import expected_shapes, file_dtypes, load_weights
 
@@ -43,6 +42,7 @@ def load_model(
     memory_budget=None,
     blocked_matmul: bool = False,
     threads: int | None = None,
+    strict: bool = False,
 ) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
     path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
@@ -62,7 +62,8 @@ def load_model(
     ``threads`` threads (None: one per CPU) in a decode step, instead of casting each whole weight first
     (model/blocked.py: the same numbers to float32 rounding, several times faster; off by default, the plain
     path being the reference). progress: an optional ``progress(bytes_done, bytes_total)`` callback while the
-    weights are read.
+    weights are read. strict: weights holding NaN or infinite values are an error instead of a warning
+    (``NonFiniteWeightsWarning``), and memory-mapped weights are scanned for them too (loading/weights.py).
     """
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
@@ -72,6 +73,8 @@ def load_model(
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
     if low_memory not in (None, True, False):
         raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
+    if strict not in (True, False):
+        raise ValueError(f"strict must be True or False, got {strict!r}")
     if blocked_matmul not in (True, False):
         raise ValueError(f"blocked_matmul must be True or False, got {blocked_matmul!r}")
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
@@ -82,6 +85,13 @@ def load_model(
     if device == "cuda":
         backend.namespace("cuda")  # fail before reading gigabytes when CuPy or the GPU is missing
     folder = Path(path) if path is not None else demo_folder()
+    if folder.is_file():  # config.json or a .safetensors file: the model needs the whole folder
+        raise ValueError(
+            f"{folder} is a file; load_model takes the checkpoint folder that holds config.json and the weights, "
+            f"e.g. {folder.parent}"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such checkpoint folder: {folder}")
     config = load_config(folder)
     if device == "cpu":
         in_ram, at_rest = weight_bytes(expected_shapes(config), file_dtypes(folder), dtype, quantize)
@@ -89,12 +99,14 @@ def load_model(
         if plan.announce:
             print(f"minillava: {folder}: {plan.message}", file=sys.stderr)
         low_memory = plan.low_memory
-    params = load_weights(folder, config, dtype=None if low_memory else dtype, progress=progress, quantize=quantize)
+    params = load_weights(
+        folder, config, dtype=None if low_memory else dtype, progress=progress, quantize=quantize, strict=strict
+    )
     if device == "cuda":
         params = _map_arrays(lambda a: backend.to_device(np.ascontiguousarray(a), "cuda"), params)
     if blocked_matmul:
         params = _blocked_at_rest(params, np.dtype(dtype), thread_pool(threads))
-    defaults = generation_defaults(config, read_json(folder / "generation_config.json"))
+    defaults = generation_defaults(config, load_generation_config(folder))
     return LlavaModel(
         config,
         params,

@@ -27,6 +27,7 @@ model, with an unhelpful message; here they fail at load time with the field and
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,18 @@ def load_config(path: str | Path) -> LlavaConfig:
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder (give a checkpoint folder or its config.json)")
     return config_from_dict(read_json(file, required=True), source=str(file))
+
+
+def load_generation_config(folder: str | Path) -> dict:
+    """The special-token ids of a checkpoint's generation_config.json that generation reads (``eos_token_id``,
+    ``pad_token_id``, ``bos_token_id``), each checked as config.json's are; {} when the file is absent. The
+    other settings there (sampling defaults) are not read: minillava's generate takes them as arguments."""
+    file = Path(folder) / "generation_config.json"
+    data = read_json(file)
+    section = _Section(data, "", str(file))
+    ids = {"eos_token_id": _token_id(section, "eos_token_id", None, allow_list=True)}
+    ids.update({key: _token_id(section, key, None) for key in ("pad_token_id", "bos_token_id")})
+    return {key: value for key, value in ids.items() if key in data}
 
 
 def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
@@ -390,6 +403,29 @@ def _feature_layer(sec: _Section, num_layers: int) -> int | tuple[int, ...]:
     return tuple(entries) if isinstance(value, list) else value
 
 
+# The largest value an integer size field may take. A config is a small file that decides how much work and
+# memory the loader asks for (`num_hidden_layers: 2**70` would loop until memory runs out), so every size is
+# bounded before anything is built from it. The bounds sit far above every released model (Llama 3.1 405B:
+# 126 layers, hidden 16384, MLP 53248, 128 heads; Gemma 3: vocab 262144; contexts of 10M positions; images of
+# 1024 px), so a real checkpoint never meets them and a corrupt or hostile number is named at once.
+SIZE_LIMITS: dict[str, int] = {
+    "hidden_size": 2**16,
+    "intermediate_size": 2**18,
+    "num_hidden_layers": 2**10,
+    "num_attention_heads": 2**10,
+    "num_key_value_heads": 2**10,
+    "head_dim": 2**12,
+    "num_channels": 2**6,
+    "image_size": 2**13,
+    "patch_size": 2**13,
+    "vocab_size": 2**22,
+    "max_position_embeddings": 2**24,
+    "original_max_position_embeddings": 2**24,
+    "max_window_layers": 2**10,
+}
+TOKEN_ID_LIMIT = 2**31  # token ids index the embedding table (tokenizers uses 32-bit ids)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Typed field readers: each returns the value or the default, or raises a ValueError naming the field.
 # ---------------------------------------------------------------------------------------------------
@@ -433,20 +469,22 @@ def _int(sec: _Section, key: str, default: int | None, minimum: int = 1) -> int:
         if default is None:
             raise sec.error(key, "is required")
         return default
-    if not _is_int(value) or value < minimum:
-        raise sec.error(key, f"must be an int >= {minimum}, got {value!r}")
+    maximum = SIZE_LIMITS.get(key, TOKEN_ID_LIMIT - 1)
+    if not _is_int(value) or not minimum <= value <= maximum:
+        raise sec.error(key, f"must be an int between {minimum} and {maximum}, got {value!r}")
     return value
 
 
 def _float(sec: _Section, key: str, default: float | None) -> float:
-    """A positive number; JSON ints are accepted (`"rope_theta": 10000`)."""
+    """A positive finite number; JSON ints are accepted (`"rope_theta": 10000`). Python's json module reads
+    `NaN` and `Infinity`, which no field can mean: refused with the rest."""
     value = sec.data.get(key)
     if value is None:
         if default is None:
             raise sec.error(key, "is required")
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise sec.error(key, f"must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise sec.error(key, f"must be a positive finite number, got {value!r}")
     return float(value)
 
 
@@ -474,9 +512,13 @@ def _activation(sec: _Section, key: str, default: str) -> str:
 def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = False) -> int | tuple[int, ...] | None:
     """A special-token id: an int (negative ids such as -1 occur on the hub), null, or a list for eos."""
     value = sec.data.get(key, default)
-    if value is None or _is_int(value):
+
+    def token_id(v):
+        return _is_int(v) and -TOKEN_ID_LIMIT <= v < TOKEN_ID_LIMIT
+
+    if value is None or token_id(value):
         return value
-    if allow_list and isinstance(value, list) and value and all(_is_int(v) for v in value):
+    if allow_list and isinstance(value, list) and value and all(token_id(v) for v in value):
         return tuple(value)
     kinds = "an int, a list of ints or null" if allow_list else "an int or null"
     raise sec.error(key, f"must be {kinds}, got {value!r}")

@@ -26,6 +26,8 @@ def read_json(path: str | Path, required: bool = False) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:  # Python's parser recurses once per [ or {: no llava-hf file nests more than a few deep
+        raise ValueError(f"{path}: JSON nested too deeply to be a checkpoint's file") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a JSON object, got a JSON {type(data).__name__}")
     return data

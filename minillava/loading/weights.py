@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from ..model.quantize import FORMATS as QUANTIZE_FORMATS
+from ..model.quantize import QuantizedWeight
 from ..model.quantize import quantize as quantize_weight
 from .files import read_json
 from .safetensors import FLOAT_DTYPES, SAFETENSORS_DTYPES, bfloat16_to_float32, map_buffer, read_header, tensor
@@ -230,9 +232,12 @@ def _check_shapes(shapes: dict[str, tuple], config, sources: dict[str, str] | No
                 f"unexpected tensor {key!r}{origin(key)}: the config has no such weight "
                 "(check attention_bias, mlp_bias, multimodal_projector_bias and the layer counts)"
             )
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise ValueError("checkpoint does not match the config:\n  " + "\n  ".join(shown))
+    if problems:  # the count and the first on the first line (what a command line shows), then the others
+        others = problems[1:21] + ([f"... and {len(problems) - 21} more"] if len(problems) > 21 else [])
+        raise ValueError(
+            f"checkpoint does not match the config: {len(problems)} problem(s), the first: {problems[0]}"
+            + "".join(f"\n  {line}" for line in others)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +408,18 @@ def _read_tensor(path: str, data_start: int, info: dict) -> np.ndarray:
     return bfloat16_to_float32(raw) if info["dtype"] == "BF16" else raw
 
 
-def load_weights(folder, config=None, dtype="float32", progress=None, quantize=None) -> dict:
+class NonFiniteWeightsWarning(UserWarning):
+    """A checkpoint's weights hold NaN or infinite values (``load_weights(..., strict=True)`` makes it an error)."""
+
+
+def _holds_non_finite(weight) -> bool:
+    """True when a weight holds a NaN or an infinity. A quantized weight's scales tell: each is the largest
+    magnitude of its group (divided by a constant), and a NaN or inf in the group makes that maximum NaN or inf."""
+    values = weight.scales if isinstance(weight, QuantizedWeight) else weight
+    return not bool(np.isfinite(values).all())
+
+
+def load_weights(folder, config=None, dtype="float32", progress=None, quantize=None, strict=False) -> dict:
     """Load a LLaVA checkpoint folder into a nested dict of arrays in the canonical layout.
 
     folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json`` + shards
@@ -421,6 +437,11 @@ def load_weights(folder, config=None, dtype="float32", progress=None, quantize=N
     quantize: None, or "int8", "int4" or "nf4": the language model's linear weights (``is_quantized``) become
             QuantizedWeights (model/quantize.py), each quantized as it is read, from the file's dtype, one matrix
             at a time: a float16 7B never exists in float32. ``dtype`` applies to the other tensors.
+    strict: NaN or infinite values in a weight (a damaged file, a diverged training run) make every answer NaN.
+            Every tensor read into memory (cast, decoded, quantized) is checked for them as it is read, and
+            ``NonFiniteWeightsWarning`` names the first such tensor; with strict=True that is a ValueError, and
+            the memory-mapped tensors, which are otherwise not read at load time, are scanned too (it reads
+            the whole checkpoint once).
 
     Returns e.g. ``params["vision_tower"]["encoder"]["layers"][0]["mlp"]["fc1"]["weight"]`` [Fv, Dv] and
     ``params["language_model"]["layers"][3]["self_attn"]["q_proj"]["weight"]`` [H*hd, D].
@@ -455,14 +476,28 @@ def load_weights(folder, config=None, dtype="float32", progress=None, quantize=N
     sizes = {key: headers[path][0][name]["end"] - headers[path][0][name]["begin"] for key, (path, name) in plan.items()}
     total, done = sum(sizes.values()), 0
     flat = {}
+    non_finite = []  # "'name' in path" of each tensor holding NaN or inf
     for key, (path, name) in plan.items():
+        info = headers[path][0][name]
         if quantize is not None and is_quantized(key):  # one matrix read in the file's dtype, quantized, let go
-            flat[key] = quantize_weight(_read_tensor(path, headers[path][1], headers[path][0][name]), quantize)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf in it: reported below, by name
+                flat[key] = quantize_weight(_read_tensor(path, headers[path][1], info), quantize)
         else:
-            flat[key] = tensor(buffers[path], headers[path][0][name], dtype)
+            flat[key] = tensor(buffers[path], info, dtype)
+        at_rest = dtype is None and info["dtype"] != "BF16" and not isinstance(flat[key], QuantizedWeight)
+        if (strict or not at_rest) and _holds_non_finite(flat[key]):
+            non_finite.append(f"{name!r} in {path}")
         if progress is not None:
             done += sizes[key]
             progress(done, total)
+    if non_finite:
+        message = (
+            f"{len(non_finite)} weight tensor(s) hold NaN or infinite values, the first {non_finite[0]}: the "
+            "checkpoint is damaged (or was saved from a diverged training run), and every answer would be NaN"
+        )
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, NonFiniteWeightsWarning, stacklevel=2)
     if stored is not None:
         flat[missing] = flat[stored]  # the same array, not a copy
     return unflatten(flat)

@@ -147,7 +147,7 @@ def generation_defaults(config, generation_config: dict | None = None) -> Genera
     return GenerationDefaults(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)
 
 
-def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
+def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed=None):
     """One clear error per bad argument, before any compute (the model's generate calls it)."""
 
     def integer(value):  # True and False are ints to Python, never a count of tokens here
@@ -168,6 +168,23 @@ def check_generation_args(max_new_tokens, do_sample, temperature, top_k, top_p, 
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
     if not number(repetition_penalty) or not repetition_penalty > 0:
         raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+    if seed is not None and (not integer(seed) or seed < 0):  # NumPy's generators take non-negative seeds only
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+
+
+def check_finite_logits(logits, step_index: int) -> None:
+    """NaN or infinite logits choose no token (argmax of NaN is an arbitrary id, and sampling fails): say why, once,
+    instead of answering with garbage. Finite weights and inputs never give them in float32; non-finite weights
+    (load_model(..., strict=True) names them) or a float16 overflow do.  logits: [B, V]"""
+    xp = backend.xp_of(logits)
+    bad_rows = backend.to_numpy(~xp.isfinite(logits).all(axis=-1))  # [B]
+    if bad_rows.any():
+        where = "the prompt's last position" if step_index == 0 else f"generation step {step_index}"
+        raise ValueError(
+            f"the logits at {where} are NaN or infinite (rows {np.flatnonzero(bad_rows).tolist()}): no token can be "
+            "chosen. The weights hold non-finite values (load_model(..., strict=True) names them) or float16 "
+            "overflowed (try dtype='float32')"
+        )
 
 
 def as_id_set(eos_token_id) -> tuple[int, ...]:
@@ -225,6 +242,7 @@ def generate_tokens(
     sequences = input_ids  # [B, S], for the repetition penalty
     unfinished = np.ones(B, dtype=bool)
     for i in range(n_steps):
+        check_finite_logits(logits, i)
         scores = process_logits(logits, sequences, do_sample, temperature, top_k, top_p, repetition_penalty)  # [B, V]
         if do_sample:
             next_tokens = sample(scores, rng)  # [B]

@@ -258,8 +258,8 @@ class LlavaModel:
         if unknown:
             raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
         settings = {name: kwargs.get(name, default) for name, default in generate.SETTINGS_DEFAULTS.items()}
-        generate.check_generation_args(**settings)
         settings["seed"] = kwargs.get("seed")
+        generate.check_generation_args(**settings)
         settings["eos_token_id"] = kwargs.get("eos_token_id", self.generation_defaults.eos_token_id)
         settings["pad_token_id"] = kwargs.get("pad_token_id", self.generation_defaults.pad_token_id)
         input_ids, attention_mask, _ = self._checked_text_inputs(input_ids, attention_mask, None, None)
@@ -332,10 +332,10 @@ class LlavaModel:
     def _checked_text_inputs(self, input_ids, attention_mask, position_ids, cache):
         """Validate ids, mask and positions on the host; fill the defaults. Returns NumPy arrays."""
         input_ids = np.asarray(backend.to_numpy(input_ids))
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0 or not np.issubdtype(input_ids.dtype, np.integer):
+        if input_ids.ndim != 2 or 0 in input_ids.shape or not np.issubdtype(input_ids.dtype, np.integer):
             raise ValueError(
-                f"input_ids must be a non-empty integer array [B, T], got shape {list(input_ids.shape)} "
-                f"dtype {input_ids.dtype}"
+                f"input_ids must be an integer array [B, T] with at least one row and one token, got shape "
+                f"{list(input_ids.shape)} dtype {input_ids.dtype}"
             )
         vocab = self.config.text.vocab_size
         if input_ids.min() < 0 or input_ids.max() >= vocab:

@@ -1,12 +1,15 @@
 """A checkpoint folder -> a model (minillava.loading.checkpoint): what a user types becomes a folder
 (find_checkpoint: a folder, a hub id, nothing for the bundled demo), and load_model reads generation_config.json.
-Broken folders given to load_model: tests/test_bad_input.py."""
+Bad arguments and broken folders given to load_model: one clear error (the files' own checks: test_config.py,
+test_weights.py, test_safetensors.py)."""
 
 import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 import minillava
 from minillava.demo import demo_folder
@@ -85,3 +88,92 @@ def test_other_families_are_refused_before_any_weight_is_read(tmp_path, capsys, 
     assert cli.main(["--model", str(tmp_path), "--image", str(demo_folder() / "samples" / "0_colour.png")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and family in err and "minillava supports model_type 'llava'" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad arguments and broken folders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tiny_checkpoint, tmp_path):
+    """A private copy of the tiny single-file float32 checkpoint, free to break."""
+    return shutil.copytree(tiny_checkpoint("chat", "hub", "float32", False), tmp_path / "ckpt")
+
+
+def test_a_folder_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        minillava.load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder: .*nowhere"):
+        minillava.load_model(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("file", ["config.json", "model.safetensors"])
+def test_the_path_of_a_file_in_the_folder_names_the_folder(folder, file):
+    with pytest.raises(ValueError, match=f"{file} is a file; load_model takes the checkpoint folder .* e.g. {folder}$"):
+        minillava.load_model(folder / file)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [(dict(device="tpu"), "device"), (dict(dtype="bfloat16"), "dtype must be one of"),
+     (dict(quantize="int3"), "quantize must be None or one of"), (dict(strict="yes"), "strict must be True or False"),
+     (dict(low_memory="auto"), "low_memory must be"), (dict(threads=0), "threads must be")],
+)  # fmt: skip
+def test_bad_arguments(folder, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        minillava.load_model(folder, **kwargs)
+
+
+def test_cuda_without_cupy_or_gpu_is_one_clear_error(folder):
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here; this checks the message when it is not")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="CuPy"):
+        minillava.load_model(folder, device="cuda")
+
+
+def test_a_config_of_2_to_the_70_layers_is_refused_before_anything_is_built(folder):
+    """A size in config.json decides how much the loader builds: it is bounded before anything is (this used to
+    loop until the memory ran out)."""
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 2**70
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=f"text_config.num_hidden_layers` must be an int between 1 and 1024, got {2**70}"
+    ):
+        minillava.load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [({"eos_token_id": "x"}, "`eos_token_id` must be an int, a list of ints or null, got 'x'"),
+     ({"eos_token_id": [2, None]}, "`eos_token_id` must be an int, a list of ints or null, got \\[2, None\\]"),
+     ({"pad_token_id": 1.5}, "`pad_token_id` must be an int or null, got 1.5"),
+     ({"bos_token_id": [1]}, "`bos_token_id` must be an int or null, got \\[1\\]"),
+     ({"eos_token_id": 2**40}, "`eos_token_id` must be an int")],
+)  # fmt: skip
+def test_bad_generation_config_values_name_the_file_and_field(folder, settings, match):
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=f"generation_config.json: {match}"):
+        minillava.load_model(folder)
+
+
+def test_non_finite_weights_warn_then_generation_refuses_their_nan_logits(folder):
+    """NaN weights used to answer an empty string: the loader names the tensor, strict=True refuses it, and a model
+    loaded anyway (or memory-mapped, which is not scanned) stops generation with one error instead of garbage."""
+    weights = load_file(folder / "model.safetensors")
+    key = "language_model.model.layers.0.self_attn.q_proj.weight"
+    weights[key][1, 2] = np.nan
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(minillava.loading.weights.NonFiniteWeightsWarning, match=key):
+        model = minillava.load_model(folder)
+    with pytest.raises(ValueError, match=f"hold NaN or infinite values, the first '{key}'"):
+        minillava.load_model(folder, strict=True)
+    mapped = minillava.load_model(folder, low_memory=True)
+    for loaded in (model, mapped):
+        with pytest.raises(ValueError, match="logits at the prompt's last position are NaN or infinite"):
+            loaded.generate(np.array([[1, 5, 6]]), max_new_tokens=3)

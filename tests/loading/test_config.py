@@ -502,6 +502,21 @@ BAD = {
         ["text_config.rope_scaling", "'linear'"],
     ),
     "rope-theta-string": ({"text_config": {"rope_theta": "1e4"}}, ["text_config.rope_theta", "'1e4'"]),
+    "layers-two-to-the-70": (
+        {"text_config": {"num_hidden_layers": 2**70}},
+        ["text_config.num_hidden_layers", str(2**70), "between 1 and 1024"],
+    ),
+    "vocab-too-large": ({"text_config": {"vocab_size": 2**40}}, ["text_config.vocab_size", str(2**40)]),
+    "image-size-too-large": ({"vision_config": {"image_size": 10**6}}, ["vision_config.image_size", "1000000"]),
+    "context-too-long": (
+        {"text_config": {"max_position_embeddings": 2**40}},
+        ["text_config.max_position_embeddings", str(2**40)],
+    ),
+    "image-token-too-large": ({"image_token_index": 2**63}, ["image_token_index", str(2**63)]),
+    "eos-too-large": ({"text_config": {"eos_token_id": 2**40}}, ["text_config.eos_token_id", str(2**40)]),
+    "eps-nan": ({"text_config": {"rms_norm_eps": float("nan")}}, ["text_config.rms_norm_eps", "nan"]),
+    "eps-infinity": ({"vision_config": {"layer_norm_eps": float("inf")}}, ["vision_config.layer_norm_eps", "inf"]),
+    "rope-theta-infinity": ({"text_config": {"rope_theta": float("inf")}}, ["text_config.rope_theta", "inf"]),
     "rope-partial": (
         {"text_config": {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}}},
         ["text_config.rope_parameters.partial_rotary_factor", "0.5"],

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from minillava.loading.config import load_config  # noqa: E402
 from minillava.loading.weights import (  # noqa: E402
+    NonFiniteWeightsWarning,
     canonical_key,
     check_params,
     expected_shapes,
@@ -440,6 +441,65 @@ def test_wrong_shape(checkpoints, config, tmp_path):
     message = str(err.value)
     assert "'vision_tower.encoder.layers.0.mlp.fc1.weight'" in message and key in message
     assert "model.safetensors" in message and "(64, 31)" in message and "expected (64, 32)" in message
+
+
+def test_many_mismatches_say_the_count_and_the_first_on_one_line(checkpoints, config, tmp_path):
+    """A config of another width mismatches dozens of tensors: the first line has the count and the first (what
+    the command line shows), the following lines the others."""
+    folder = hub_copy_with(checkpoints, tmp_path / "wide", lambda tensors: None)
+    wide = dataclasses.replace(config, text=dataclasses.replace(config.text, intermediate_size=64))
+    with pytest.raises(ValueError) as err:
+        load_weights(folder, wide)
+    first, *others = str(err.value).splitlines()
+    assert re.fullmatch(
+        r"checkpoint does not match the config: 6 problem\(s\), the first: tensor .* expected .*", first
+    )
+    assert len(others) == 5 and all(line.startswith("  tensor 'language_model.layers.") for line in others)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights holding NaN or inf: a warning naming the tensor, an error with strict=True
+# --------------------------------------------------------------------------------------------------
+
+NAN_KEY = "language_model.model.layers.1.mlp.up_proj.weight"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    ("file_dtype", "load_dtype", "quantize"),
+    [("float32", "float32", None), ("float16", "float32", None), ("bfloat16", None, None),
+     ("float16", "float16", None), ("float16", None, "int8"), ("float32", "float32", "nf4")],
+)  # fmt: skip
+def test_non_finite_weights_read_into_memory_are_named(checkpoints, config, tmp_path, bad, file_dtype, load_dtype,
+                                                       quantize):  # fmt: skip
+    """Every tensor that is read at load time (cast, bfloat16 decoded, quantized) is checked as it is read."""
+    source = checkpoints["hub", False, file_dtype]
+    tensors = load_file(source / "model.safetensors")
+    tensors[NAN_KEY] = tensors[NAN_KEY].clone()
+    tensors[NAN_KEY][3, 5] = bad
+    folder = tmp_path / "bad"
+    write_checkpoint(folder, tensors, transformers.LlavaConfig.from_pretrained(source))
+    with pytest.warns(NonFiniteWeightsWarning, match=rf"1 weight tensor\(s\) hold NaN or infinite values, the first "
+                      rf"'{NAN_KEY}' in .*model.safetensors"):  # fmt: skip
+        load_weights(folder, config, dtype=load_dtype, quantize=quantize)
+    with pytest.raises(ValueError, match=f"the first '{NAN_KEY}'"):
+        load_weights(folder, config, dtype=load_dtype, quantize=quantize, strict=True)
+
+
+def test_memory_mapped_weights_are_scanned_only_when_strict(checkpoints, config, tmp_path, recwarn):
+    """A memory-mapped weight is not read at load time (a 14 GB checkpoint opens in a second): scanning it is
+    strict=True's choice. (Generation then refuses the NaN logits: test_generate.py.)"""
+    source = checkpoints["hub", False, "float16"]
+    tensors = load_file(source / "model.safetensors")
+    tensors[NAN_KEY] = tensors[NAN_KEY].clone()
+    tensors[NAN_KEY][0, 0] = float("nan")
+    folder = tmp_path / "bad"
+    write_checkpoint(folder, tensors, transformers.LlavaConfig.from_pretrained(source))
+    params = load_weights(folder, config, dtype=None)
+    assert isinstance(params["language_model"]["layers"][1]["mlp"]["up_proj"]["weight"], np.memmap)
+    assert not [w for w in recwarn if issubclass(w.category, NonFiniteWeightsWarning)]
+    with pytest.raises(ValueError, match=NAN_KEY):
+        load_weights(folder, config, dtype=None, strict=True)
 
 
 def test_bad_dtype_argument(checkpoints):

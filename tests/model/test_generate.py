@@ -174,6 +174,9 @@ def test_sample_draws_follow_the_distribution():
         (dict(top_p="0.9"), "top_p must be a number"),
         (dict(repetition_penalty=[1.2]), "repetition_penalty must be a number"),
         (dict(do_sample="yes"), "do_sample must be True or False"),
+        (dict(seed=-1), "seed must be None or a non-negative integer, got -1"),
+        (dict(seed="7"), "seed must be None or a non-negative integer, got '7'"),
+        (dict(seed=1.5), "seed must be None or a non-negative integer"),
     ],
 )
 def test_bad_generation_arguments(pair, kwargs, match):
@@ -194,3 +197,27 @@ def test_generation_stops_at_the_context(pair):
     context = model.config.text.max_position_embeddings
     out = model.generate(np.ones((1, context - 3), dtype=np.int64), max_new_tokens=10, eos_token_id=None)
     assert out.shape == (1, context)
+
+
+@pytest.mark.parametrize("step_index", [0, 2])
+def test_non_finite_logits_stop_generation_with_one_error(step_index):
+    """NaN logits (weights holding NaN, a float16 overflow) choose no token: argmax would answer an arbitrary id.
+    The loop says so at the step where they appear, naming the rows, instead of generating garbage."""
+    calls = []
+
+    def step(ids, attention_mask, position_ids, cache, image_features=None):  # a model whose logits go NaN
+        logits = np.zeros((2, 5), np.float32)
+        logits[:, 1] = 1.0
+        if len(calls) == step_index:
+            logits[1, 3] = np.nan
+        calls.append(ids.shape)
+        return logits
+
+    cache = minillava.KVCache(np, 1, 2, 1, 16, 2, np.float32)
+    settings = dict(gen.SETTINGS_DEFAULTS, max_new_tokens=5)
+    tokens = gen.generate_tokens(step, cache, np.ones((2, 3), np.int64), np.ones((2, 3), np.int64), **settings)
+    where = "the prompt's last position" if step_index == 0 else f"generation step {step_index}"
+    with pytest.raises(ValueError, match=rf"logits at {where} are NaN or infinite \(rows \[1\]\)"):
+        for _ in tokens:
+            pass
+    assert len(calls) == step_index + 1  # stopped at once

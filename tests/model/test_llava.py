@@ -181,3 +181,66 @@ def test_non_finite_pixel_values_are_refused(tiny_checkpoint, bad):
         args = (pixel_values,) if call == model.encode_image else (input_ids, pixel_values, attention_mask)
         with pytest.raises(ValueError, match="pixel_values hold NaN or infinite values"):
             call(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs to forward and generate: one clear error naming the argument, before any compute
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_checkpoint):
+    return minillava.load_model(tiny_checkpoint("base", "fresh", "float32", False))
+
+
+def image_prompt(model, n_image_tokens):
+    cfg = model.config
+    return np.array([[1, 5] + [cfg.image_token_index] * n_image_tokens + [7, 8]])
+
+
+def test_pixel_values_of_the_wrong_size(base_model):
+    side = base_model.config.vision.image_size
+    ids = image_prompt(base_model, base_model.config.num_image_tokens)
+    for shape in [(1, 3, side + 14, side), (3, side, side), (1, 1, side, side)]:
+        with pytest.raises(ValueError, match="pixel_values must have shape"):
+            base_model.forward(ids, pixel_values=np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("n_images,n_tokens", [(1, 15), (1, 17), (2, 16), (1, 32)])
+def test_image_tokens_that_do_not_match_the_images(base_model, n_images, n_tokens):
+    side = base_model.config.vision.image_size
+    pixel_values = np.zeros((n_images, 3, side, side), np.float32)
+    with pytest.raises(ValueError, match=f"{n_tokens} image tokens.*{n_images} image"):
+        base_model.forward(image_prompt(base_model, n_tokens), pixel_values=pixel_values)
+
+
+def test_image_tokens_without_pixel_values(base_model):
+    with pytest.raises(ValueError, match="no pixel_values"):
+        base_model.forward(image_prompt(base_model, 16))
+
+
+@pytest.mark.parametrize(
+    ("input_ids", "match"),
+    [(np.array([[1, 128]]), r"input_ids must lie in \[0, 128\)"),
+     (np.array([[-1, 5]]), r"input_ids must lie in \[0, 128\)"),
+     (np.array([1, 2, 3]), r"input_ids must be an integer array \[B, T\] with at least one row and one token"),
+     (np.zeros((0, 5), np.int64), r"at least one row and one token, got shape \[0, 5\]"),
+     (np.zeros((2, 0), np.int64), r"at least one row and one token, got shape \[2, 0\]"),
+     (np.array([[1.0, 2.0]]), "input_ids must be an integer array .* dtype float64")],
+)  # fmt: skip
+def test_bad_input_ids(base_model, input_ids, match):
+    for call in (base_model.forward, base_model.generate):
+        with pytest.raises(ValueError, match=match):
+            call(input_ids)
+
+
+def test_bad_attention_mask_and_too_long_sequence(base_model):
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        base_model.forward(np.array([[1, 2, 3]]), attention_mask=np.ones((1, 2)))
+    too_long = np.ones((1, base_model.config.text.max_position_embeddings + 1), dtype=np.int64)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        base_model.forward(too_long)
+    cache = base_model.new_cache(1, max_len=4)
+    base_model.forward(np.array([[1, 2, 3, 4]]), cache=cache)
+    with pytest.raises(ValueError, match="KV cache is full"):
+        base_model.forward(np.array([[5]]), cache=cache)
