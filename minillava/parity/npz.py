@@ -2,7 +2,8 @@
 
 One NumPy ``.npz`` file (a zip of ``NAME.npy`` files, NPY format 1.0, no pickled objects), so a port
 in any language can write one (cnpy in C++, ndarray-npy or npyz in Rust, ...). Every entry is
-optional; ``compare`` lists absent ones as "missing". Letters: B batch rows, T positions, N images,
+optional; ``compare`` lists absent ones as "missing" (a file with neither ``format`` nor any name below
+is not a trace, and is refused). Letters: B batch rows, T positions, N images,
 C = 3 channels, S image side, Np patches, Dv vision width, L image tokens per image, D text width,
 V vocabulary.
 
@@ -41,6 +42,38 @@ arrays of UTF-8 bytes. Each name is the output of the Transformers submodule of 
 ``LlavaForConditionalGeneration.model`` (``lm_head`` at the top); ``vision_features`` is the input
 of ``multi_modal_projector`` and ``inputs_embeds`` that of ``language_model``. Other float arrays
 under other names are compared too, when both files have them.
+
+``config``: write the configuration *as your port resolved it*, every field it uses written out
+(``rms_norm_eps``, ``rope_theta`` and ``rope_scaling``, ``vocab_size``, ``image_size``, the feature
+layer and strategy, ``image_token_index``, ...), in config.json's layout: the report starts with every
+field that resolves differently on the two sides (a wrong RMSNorm eps or vocab size is a classic cause
+of gibberish), before any row. ``input_ids``, ``attention_mask`` and ``pixel_values`` come next, so
+that two runs on different inputs are named as such before any module.
+
+Isolated differences (``minillava parity compare ref.npz yours.npz --model FOLDER``): minillava recomputes
+each of your modules from the input *you* fed it, with FOLDER's weights, and compares with your output,
+so a row says whether that module, fed the same input, gives the same output (the culprit) or only
+carries the error of the modules before it (drift). For that, save each module's inputs as well:
+minillava.parity.isolated's ``RECIPES`` is the table, and in short, every entry above is the input of the
+next one:
+
+- a layer part from the one before it: ``layer_norm1`` -> ``self_attn``, ``layer_norm2`` -> ``mlp``
+  (``input_layernorm`` -> ``self_attn``, ``post_attention_layernorm`` -> ``mlp`` in the language model);
+- a layer's norms from the layer's input (plus ``self_attn`` for the second norm: the residual sum);
+- a layer's output from its input, ``self_attn`` and ``mlp`` (the residual adds), or, if you save no
+  parts, the whole layer from its input;
+- a layer's input: the previous layer's output; before layer 0, ``vision_tower.pre_layrnorm`` (CLIP),
+  ``vision_tower.embeddings`` (SigLIP) or ``inputs_embeds``;
+- ``vision_tower.embeddings`` from ``pixel_values``, ``pre_layrnorm`` from the embeddings,
+  ``vision_features`` from the selected layer outputs, ``multi_modal_projector`` from
+  ``vision_features``, ``language_model.embed_tokens`` from ``input_ids``, ``inputs_embeds`` from
+  ``embed_tokens``, ``multi_modal_projector`` and ``input_ids``, ``language_model.norm`` from the last
+  layer's output, ``lm_head`` from ``language_model.norm``;
+- attention also reads ``attention_mask``; positions are 0 .. T - 1, as in a plain forward.
+
+Save every entry of the table and every module has its isolated difference; save only the layer
+outputs and each whole layer has one. Padding positions may hold anything (even NaN): they are set to
+0 before a recompute and left out of every comparison.
 """
 
 from __future__ import annotations
@@ -48,14 +81,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 
 from ..loading.config import config_from_dict
+from ..model.config import LlavaConfig
+from ..model.trace import STAGES, order_key
 from .compare import INPUT_NAMES, ParityError
 
 FORMAT = "minillava-parity/1"
 STRING_NAMES = ("format", "config", "meta")
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK"  # the first bytes of a .npy file and of a zip archive (a .npz)
 
 
 def save_trace(path, trace: dict, config_json: str, meta: dict) -> None:
@@ -77,26 +115,89 @@ def _string(value) -> str:
     raise ValueError(f"expected a 0-d unicode or 1-d uint8 (UTF-8) array, got {value.dtype} {list(value.shape)}")
 
 
-def load_trace(path) -> tuple[dict, dict]:
-    """Read a trace file -> (arrays {name: array}, strings {"format"/"config"/"meta": text})."""
+def _read_npz(path: Path, label: str) -> dict:
+    """Every member of a .npz file as an array, or one ParityError naming the file and what is wrong with it."""
+    where = f"{label} {path}" if label else str(path)
+    if path.is_dir():
+        raise ParityError(f"{where}: is a folder, not a .npz trace file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise ParityError(f"{where}: no such file") from None
+    except OSError as err:
+        raise ParityError(f"{where}: cannot be read ({type(err).__name__}: {err})") from None
+    if magic.startswith(NPY_MAGIC):  # np.load would return that one array
+        raise ParityError(f"{where}: a .npy file holds one array; a trace is a .npz of named arrays (np.savez)")
+    if not magic.startswith(ZIP_MAGIC):
+        raise ParityError(
+            f"{where}: not a .npz trace (a .npz is a zip archive of .npy files; see minillava/parity/npz.py)"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             entries = {name: f[name] for name in f.files}
-    except FileNotFoundError:
-        raise ParityError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ParityError(f"{path}: not a readable .npz trace ({type(err).__name__}: {err})") from None
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ParityError(f"{where}: not a readable .npz trace ({type(err).__name__}: {err})") from None
+    other = [name for name, value in entries.items() if not isinstance(value, np.ndarray)]
+    if other:  # np.load gives the bytes of a member that is not a .npy file
+        raise ParityError(f"{where}: members {other} are not .npy arrays")
+    return entries
+
+
+def load_trace(path, label: str = "") -> tuple[dict, dict]:
+    """Read a trace file -> (arrays {name: array}, strings {"format"/"config"/"meta": text}).
+
+    Checks what the comparison relies on, once: the strings decode (config and meta as JSON objects), the
+    other entries are numeric, input_ids and attention_mask are integer [B, T] arrays of one shape, the mask
+    0s and 1s. ``label`` ("reference", "candidate") starts every error message, with the path.
+    """
+    path = Path(path)
+    where = f"{label} {path}" if label else str(path)
+    entries = _read_npz(path, label)
     strings = {}
     for name in STRING_NAMES:
         if name in entries:
             try:
                 strings[name] = _string(entries.pop(name))
             except (ValueError, UnicodeDecodeError) as err:
-                raise ParityError(f"{path}: entry {name!r}: {err}") from None
+                raise ParityError(f"{where}: entry {name!r}: {err}") from None
+    for name in ("config", "meta"):
+        if name in strings:
+            try:
+                parsed = json.loads(strings[name])
+            except json.JSONDecodeError as err:
+                raise ParityError(f"{where}: entry {name!r} is not valid JSON ({err})") from None
+            if not isinstance(parsed, dict):
+                raise ParityError(f"{where}: entry {name!r} must be a JSON object, got {type(parsed).__name__}")
     bad = [n for n, a in entries.items() if a.dtype.kind not in "iufb"]
     if bad:
-        raise ParityError(f"{path}: entries {bad} are not numeric arrays")
+        raise ParityError(f"{where}: entries {bad} are not numeric arrays")
+    _check_inputs(entries, where)
+    documented = [name for name in entries if order_key(name)[0] < len(STAGES)]  # names of the table above
+    if "format" not in strings and not documented:  # e.g. some other program's arrays
+        raise ParityError(f"{where}: not a minillava parity trace (no 'format' entry, none of the names of its format)")
     return entries, strings
+
+
+def _check_inputs(entries: dict, where: str) -> None:
+    """input_ids and attention_mask: integer [B, T] arrays of one shape, the mask 0s and 1s (it decides which
+    positions are compared and what attention may see)."""
+    for name in INPUT_NAMES:
+        if name in entries:
+            value = entries[name]
+            if value.ndim != 2 or value.dtype.kind not in "iub":
+                raise ParityError(
+                    f"{where}: {name} must be an integer [B, T] array, got {value.dtype} {list(value.shape)}"
+                )
+    if all(name in entries for name in INPUT_NAMES):
+        ids, mask = entries["input_ids"], entries["attention_mask"]
+        if ids.shape != mask.shape:
+            raise ParityError(
+                f"{where}: attention_mask {list(mask.shape)} and input_ids {list(ids.shape)} differ in shape"
+            )
+    mask = entries.get("attention_mask")
+    if mask is not None and not np.isin(mask, (0, 1)).all():
+        raise ParityError(f"{where}: attention_mask must hold only 0 (padding) and 1 (a token)")
 
 
 def _flatten(d, prefix="") -> dict:
@@ -109,21 +210,29 @@ def _flatten(d, prefix="") -> dict:
     return out
 
 
-def config_differences(a: str | None, b: str | None) -> list[str]:
-    """What differs between two config.json texts, compared as minillava reads them (so two spellings
-    of the same model agree; the file dtype and versions are ignored). [] when equal or unknown."""
+def resolved_fields(config) -> dict:
+    """A config as the flat {field: value} minillava resolves from it (every omitted field filled as Transformers
+    fills it, so two spellings of one model agree). ``config``: a LlavaConfig, config.json's dict or its text.
+    One minillava cannot read: its raw JSON fields, less the file dtype, versions and names."""
+    if isinstance(config, str):
+        config = json.loads(config)
+    if isinstance(config, dict):
+        try:
+            config = config_from_dict(config)
+        except (ValueError, TypeError, KeyError):
+            ignored = ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures")
+            return _flatten({k: v for k, v in config.items() if k not in ignored})
+    if not isinstance(config, LlavaConfig):
+        raise TypeError(f"expected a LlavaConfig, a config.json dict or its text, got {type(config).__name__}")
+    return _flatten(dataclasses.asdict(config))
+
+
+def config_differences(a, b) -> list[tuple[str, object, object]]:
+    """Every resolved field that differs between two configs (LlavaConfig, config.json's dict or text; None:
+    unknown) -> [(field, a's value, b's value)] with "(absent)" for a field one side lacks; [] when equal or
+    unknown. Fields read the same from both (``text.rms_norm_eps``, ``vision.image_size``, ...)."""
     if a is None or b is None:
         return []
-    try:
-        da, db = json.loads(a), json.loads(b)
-    except json.JSONDecodeError as err:
-        return [f"a config entry is not valid JSON ({err})"]
-    try:
-        da, db = dataclasses.asdict(config_from_dict(da)), dataclasses.asdict(config_from_dict(db))
-    except (ValueError, TypeError, KeyError):  # one minillava cannot read: compare the raw JSON
-        for d in (da, db):
-            for key in ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures"):
-                d.pop(key, None)
-    fa, fb = _flatten(da), _flatten(db)
-    return [f"{k}: {fa.get(k, '(absent)')} vs {fb.get(k, '(absent)')}" for k in sorted(set(fa) | set(fb))
-            if fa.get(k) != fb.get(k)]  # fmt: skip
+    fa, fb = resolved_fields(a), resolved_fields(b)
+    return [(k, fa.get(k, "(absent)"), fb.get(k, "(absent)")) for k in sorted(set(fa) | set(fb))
+            if fa.get(k, "(absent)") != fb.get(k, "(absent)")]  # fmt: skip

@@ -1,5 +1,8 @@
 """What the parity tests share: the bugs they plant in minillava's forward (with monkeypatch), the report of a
-minillava run against Transformers' trace, and the arguments of `minillava parity`."""
+minillava run against Transformers' trace (with the isolated differences, as `minillava parity` computes them),
+and the arguments of `minillava parity`."""
+
+import re
 
 import numpy as np
 
@@ -13,10 +16,12 @@ from minillava import parity
 PROMPTS = ["<image>\n<image>\nCompare the two pictures.", "<image>\nWhat is shown?"]  # row 1 gets left padding
 
 
-def report_for(setup):
+def report_for(setup, isolated=False):
+    """minillava's trace against Transformers'; ``isolated``: with minillava's modules fed Transformers' inputs."""
     model, inputs, reference = setup
     ours, error = parity.minillava_trace(model, inputs)
-    report = parity.compare_traces(reference, ours)
+    alone = parity.isolated_differences(model, reference, *parity.ISOLATED_TOLERANCES["float32"]) if isolated else None
+    report = parity.compare_traces(reference, ours, isolated=alone)
     if error:
         report.notes.append(error)
     return report
@@ -89,3 +94,24 @@ def run_args(folder, pictures, *extra):
 
 def first_failure_line(out):
     return [line for line in out.splitlines() if "<== first failure" in line][0]
+
+
+def unwrapped(out) -> str:
+    """A report with its wrapped prose lines joined again (a continuation starts with six spaces)."""
+    return re.sub(r"\n      (?=\S)", " ", out)
+
+
+def culprit_line(out):
+    return [line for line in out.splitlines() if "<== culprit" in line][0]
+
+
+def table(out) -> dict:
+    """The rows of a report's table: {name: line}, the lines between the column header and the first note."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("module "))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if line.startswith(("note:", "PASS", "FAIL", "look at", "JSON", "plot", "      ")):
+            break
+        rows[line.split()[0]] = line
+    return rows

@@ -111,8 +111,8 @@ def test_tolerances_nan_and_missing_entries():
 
 def test_interleave_checkpoints_compare_unchanged(tiny_checkpoint, monkeypatch):
     """The parity tool on llava-interleave's shape (SigLIP + Qwen2): both sides record the same activations (no
-    pre_layrnorm: SigLIP has none), a clean run passes, and a bug planted in the SigLIP embeddings is caught
-    there first."""
+    pre_layrnorm: SigLIP has none), a clean run passes, in isolation too, and a bug planted in the SigLIP
+    embeddings is caught there first, and named the culprit."""
     folder = tiny_checkpoint("interleave", "hub", "float16", True)
     model, hf = minillava.load_model(folder), parity.load_transformers(folder)
     input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(4), BATCH)
@@ -126,7 +126,44 @@ def test_interleave_checkpoints_compare_unchanged(tiny_checkpoint, monkeypatch):
     assert names == list(parity.INPUT_NAMES) + activation_names(model.config, with_images=True)
     assert "vision_tower.pre_layrnorm" not in names and "vision_tower.encoder.layers.2" in names
 
+    isolated = parity.isolated_differences(model, theirs, *parity.ISOLATED_TOLERANCES["float32"])
+    assert len(isolated) == len(names) - 3 and all(r.status == "ok" for r in isolated.values())  # all but the inputs
+
     upside_down = siglip.embeddings
     monkeypatch.setattr(siglip, "embeddings", lambda params, pixels: upside_down(params, pixels[:, :, ::-1]))
     bad, _ = parity.minillava_trace(model, inputs)
     assert parity.compare_traces(theirs, bad).first_failure.name == "vision_tower.embeddings"
+    isolated = parity.isolated_differences(model, theirs, *parity.ISOLATED_TOLERANCES["float32"])
+    assert parity.compare_traces(theirs, bad, isolated=isolated).culprit.name == "vision_tower.embeddings"
+
+
+# ---------------------------------------------------------------------------------------------
+# The measures of a row
+# ---------------------------------------------------------------------------------------------
+
+
+def test_measures_of_equal_scaled_noisy_orthogonal_and_nan_arrays():
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal(1000)
+    assert parity.measure(reference, reference.copy()) == (0.0, 0.0, 1.0, -np.inf)  # -inf dB: no error at all
+    max_abs, rel, cosine, nmse_db = parity.measure(reference, 1.01 * reference)  # 1% too large everywhere
+    assert max_abs == pytest.approx(0.01 * np.abs(reference).max()) and rel == pytest.approx(0.01)
+    assert cosine == pytest.approx(1.0) and nmse_db == pytest.approx(-40.0)  # 10 log10(0.01^2)
+    noise = rng.standard_normal(1000)
+    noise *= 0.1 * np.linalg.norm(reference) / np.linalg.norm(noise)  # an error of a tenth of the signal's norm
+    assert parity.measure(reference, reference + noise)[3] == pytest.approx(-20.0)  # SQNR 20 dB
+    orthogonal = parity.measure(np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+    assert orthogonal[2] == 0.0 and orthogonal[3] == pytest.approx(10 * np.log10(2))
+    assert parity.measure(np.zeros(3), np.ones(3))[1:] == (np.inf, 0.0, np.inf)  # nothing to be relative to
+    assert all(np.isnan(parity.measure(reference, np.where(np.arange(1000) == 5, np.nan, reference))))
+
+
+def test_rows_carry_cosine_and_nmse_at_real_positions():
+    reference, candidate = hand_made_traces()
+    candidate["lm_head"][1] *= 1.001  # row 1 has no padding: 0.1% off
+    candidate["lm_head"][0, 0] = 1e6  # a padding position: left out
+    row = {r.name: r for r in parity.compare_traces(reference, candidate).rows}["lm_head"]
+    real = reference["lm_head"][reference["attention_mask"].astype(bool)].astype(np.float64)  # [7, 16]
+    error = 0.001 * reference["lm_head"][1].astype(np.float64)  # [4, 16]: row 1's change
+    assert row.nmse_db == pytest.approx(10 * np.log10((error**2).sum() / (real**2).sum()), abs=1e-3)
+    assert row.sqnr_db == -row.nmse_db and 1 - 1e-6 < row.cosine < 1

@@ -1,8 +1,10 @@
 """The two sides of a comparison (minillava.parity.hooks): minillava's trace, and Transformers' model run with
-forward hooks on the submodules of the same names; both record every activation of the model's one list."""
+forward hooks on the submodules of the same names; both record every activation of the model's one list; and both
+sides' greedy generation with each step's logits."""
 
 import sys
 
+import numpy as np
 import pytest
 
 import minillava.model.llava
@@ -61,3 +63,18 @@ def test_without_transformers_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     with pytest.raises(parity.ParityError, match="not installed.*pip install torch transformers"):
         parity.import_transformers()
+
+
+def test_greedy_on_both_sides_keeps_each_steps_logits(setup, hf):
+    """minillava_greedy makes model.generate's tokens, and its step logits are Transformers' (greedy, the same
+    tokens, every step within float32's logits tolerance)."""
+    model, inputs, _ = setup
+    tokens, logits = parity.minillava_greedy(model, inputs, 5)
+    T = inputs["input_ids"].shape[1]
+    assert (tokens == model.generate(**inputs, max_new_tokens=5)[:, T:]).all()
+    theirs, their_logits = parity.transformers_greedy(hf, inputs, 5, model.generation_defaults.pad_token_id)
+    assert (theirs == tokens).all() and logits.shape == their_logits.shape == (5, 2, model.config.text.vocab_size)
+    assert np.abs(logits - their_logits).max() <= 1e-4 * np.abs(their_logits).max()
+    assert (logits.argmax(-1).T == tokens).all()  # step s's logits chose token s
+    forward = parity.minillava_logits(model, inputs)  # [B, T, V]: the prefill's last position is step 0
+    assert np.abs(forward[:, -1] - logits[0]).max() <= 1e-5 * np.abs(logits[0]).max()
