@@ -23,7 +23,7 @@ from pathlib import Path
 from .demo import demo_folder
 from .loading.checkpoint import ATTN_IMPLEMENTATIONS, QUANTIZE_CHOICES, find_checkpoint
 from .loading.files import read_json
-from .loading.preprocess import load_image
+from .loading.preprocess import check_image_size, load_image
 from .loading.weights import NonFiniteWeightsWarning
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 130 = 128 + SIGINT, 141 = 128 + SIGPIPE
@@ -156,6 +156,10 @@ def check_question(question: str, processor, flag: str) -> None:
     second picture that was never given."""
     if processor.image_token in question:
         raise CliError(f"{flag}: contains {processor.image_token!r}, the image marker; the picture is placed for you")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes the terminal's encoding could not decode arrive as lone surrogates
+        raise CliError(f"{flag}: not valid text at character {err.start} (is the terminal's encoding UTF-8?)") from None
 
 
 def answer(model, processor, image, conversation, args, out=None, is_demo=False) -> str:
@@ -262,6 +266,11 @@ def _main(argv: list[str]) -> int:
         image = open_image(args.image) if args.image else None
         folder = resolve_model(args.model)
         model, processor = load(args, folder)
+        if image is not None:  # a picture too large (or too thin) to preprocess, named by its path
+            try:
+                check_image_size(image, processor.image_processor_config, f"--image {args.image}")
+            except ValueError as err:
+                raise CliError(str(err)) from None
         is_demo = folder.resolve() == demo_folder()
         if image is None:
             run_samples(model, processor, args)

@@ -361,3 +361,19 @@ def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status():
     result = run_shell(f'{sys.executable} -m minillava | head -c 1; echo " ${{PIPESTATUS[0]}}"')
     assert result.stdout.endswith(" 141\n") and len(result.stdout) == len("0 141\n")
     assert result.stderr == ""
+
+
+def test_a_picture_too_thin_to_resize_is_named_by_its_path(folder, tmp_path, capsys):
+    """A 1 x 1,000,000 PNG is a few KB, but its shortest-edge resize would be 28 x 28,000,000 pixels."""
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 1_000_000, 3), np.uint8)).save(thin)
+    assert cli.main(["--model", str(folder), "--image", str(thin)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"minillava: --image {thin} resized to a shortest edge of 28")
+
+
+def test_a_question_that_is_not_valid_text(folder, picture, capsys):
+    """Bytes the terminal's encoding could not decode reach Python as lone surrogates."""
+    assert cli.main(["--model", str(folder), "--image", str(picture), "-q", "what \udcff is it"]) == 1
+    err = capsys.readouterr().err
+    assert err == "minillava: --question: not valid text at character 5 (is the terminal's encoding UTF-8?)\n"

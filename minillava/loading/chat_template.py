@@ -16,6 +16,7 @@ keeps that, to reproduce Transformers exactly).
 from __future__ import annotations
 
 import re
+import reprlib
 
 ROLES = ("system", "user", "assistant")
 
@@ -115,7 +116,7 @@ def render_jinja(chat_template: str, conversation, add_generation_prompt: bool =
     passed as given, except that OpenAI-style "image_url" parts become "image" parts, as Transformers
     converts them; special tokens (bos_token, ...) are template variables."""
     try:
-        import jinja2  # noqa: F401  (optional: only templates other than llava-1.5's need it)
+        import jinja2  # (optional: only templates other than llava-1.5's and llava-interleave's need it)
     except ImportError as err:
         raise ImportError(
             "this checkpoint's chat template is not the llava-1.5 one, so it must be rendered with Jinja; "
@@ -128,11 +129,18 @@ def render_jinja(chat_template: str, conversation, add_generation_prompt: bool =
         for message in _check_conversation(conversation, known_roles_only=False)
     ]
     variables = {name: value for name, value in special_tokens.items() if value is not None}
-    return (
-        _jinja_environment()
-        .from_string(chat_template)
-        .render(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables)
-    )
+    try:
+        template = _jinja_environment().from_string(chat_template)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"the chat template is not valid Jinja (line {err.lineno}: {err.message})") from None
+    try:
+        return template.render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+        )
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError, RecursionError) as err:
+        # A template is a program: whatever it raises on a conversation it does not expect (its own
+        # raise_exception, adding a string to a list, a structure nested too deep to print) is its refusal of it.
+        raise ValueError(f"the chat template cannot render this conversation ({type(err).__name__}: {err})") from None
 
 
 def is_llava_15_template(chat_template: str) -> bool:
@@ -241,7 +249,9 @@ def _check_conversation(conversation, known_roles_only: bool) -> list[dict]:
         if not isinstance(role, str):
             raise ValueError(f"conversation[{i}] has no 'role' (one of {ROLES})")
         if known_roles_only and role not in ROLES:
-            raise ValueError(f"conversation[{i}] has the unknown role {role!r}; the llava-1.5 format knows {ROLES}")
+            raise ValueError(
+                f"conversation[{i}] has the unknown role {reprlib.repr(role)}; the llava-1.5 format knows {ROLES}"
+            )
         if "content" not in message:
             raise ValueError(f"conversation[{i}] ({role}) has no 'content'")
         if not isinstance(message["content"], (str, list, tuple)):
@@ -277,5 +287,5 @@ def _content_parts(content) -> list[dict]:
                 raise ValueError(f"content part {j} is of type 'text' but has no string 'text'")
             parts.append(part)
         else:
-            raise ValueError(f"content part {j} must be a dict with 'type' 'text' or 'image', got {part!r:.80}")
+            raise ValueError(f"content part {j} must be a dict with 'type' 'text' or 'image', got {reprlib.repr(part)}")
     return parts

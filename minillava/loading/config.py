@@ -28,6 +28,7 @@ model, with an unhelpful message; here they fail at load time with the field and
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,9 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
 
     model_type = d.get("model_type", "llava")
     if model_type != "llava":
-        family = f" ({OTHER_FAMILIES[model_type]})" if model_type in OTHER_FAMILIES else ""
-        raise top.error("model_type", f"is {model_type!r}{family}; {SUPPORTED}")
+        known = isinstance(model_type, str) and model_type in OTHER_FAMILIES  # (a JSON list or object is no name)
+        family = f" ({OTHER_FAMILIES[model_type]})" if known else ""
+        raise top.error("model_type", f"is {_shown(model_type)}{family}; {SUPPORTED}")
 
     vision = _vision_config(top.subsection("vision_config", VISION_TOWERS))
     text_section = top.subsection("text_config", LANGUAGE_MODELS)
@@ -210,7 +212,7 @@ def config_from_dict(d: dict, source: str = "config") -> LlavaConfig:
     if strategy not in FEATURE_SELECT_STRATEGIES:
         raise top.error(
             "vision_feature_select_strategy",
-            f"must be one of {FEATURE_SELECT_STRATEGIES}, got {strategy!r}",
+            f"must be one of {FEATURE_SELECT_STRATEGIES}, got {_shown(strategy)}",
         )
     return LlavaConfig(
         vision=vision,
@@ -317,7 +319,7 @@ def _check_no_sliding_window(sec: _Section, num_layers: int) -> None:
             t in ("full_attention", "sliding_attention") for t in layer_types
         ):
             raise sec.error(
-                "layer_types", f"must be a list of 'full_attention' / 'sliding_attention', got {layer_types!r}"
+                "layer_types", f"must be a list of 'full_attention' / 'sliding_attention', got {_shown(layer_types)}"
             )
         sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
     else:
@@ -351,7 +353,7 @@ def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise sec.error(key, f"must be a JSON object, got {params!r}")
+        raise sec.error(key, f"must be a JSON object, got {_shown(params)}")
     rope = _Section(params, f"{sec.name}{key}.", sec.source)
 
     theta = _float(rope, "rope_theta", None) if "rope_theta" in params else None
@@ -361,7 +363,7 @@ def _rope(sec: _Section, max_positions: int) -> tuple[float, dict | None]:
     type_key = "rope_type" if "rope_type" in params else "type"
     rope_type = params.get(type_key, "default")
     if rope_type not in ROPE_TYPES:
-        raise rope.error(type_key, f"is {rope_type!r}; minillava supports the RoPE types {ROPE_TYPES}")
+        raise rope.error(type_key, f"is {_shown(rope_type)}; minillava supports the RoPE types {ROPE_TYPES}")
     if rope_type == "default":
         return theta, None  # LlamaRotaryEmbedding's default path ignores every other key
 
@@ -398,7 +400,7 @@ def _feature_layer(sec: _Section, num_layers: int) -> int | tuple[int, ...]:
             raise sec.error(
                 key,
                 f"must be an int or a list of ints between {-(num_layers + 1)} and {num_layers} "
-                f"(the vision tower has {num_layers} layers), got {value!r}",
+                f"(the vision tower has {num_layers} layers), got {_shown(value)}",
             )
     return tuple(entries) if isinstance(value, list) else value
 
@@ -451,12 +453,17 @@ class _Section:
         if value is None:
             return _Section({}, f"{key}.", self.source, absent=True, model_type=model_types[0])
         if not isinstance(value, dict):
-            raise self.error(key, f"must be a JSON object, got {value!r}")
+            raise self.error(key, f"must be a JSON object, got {_shown(value)}")
         found = value.get("model_type", model_types[0])
         sub = _Section(value, f"{self.name}{key}.", self.source, model_type=found)
         if found not in model_types:
-            raise sub.error("model_type", f"is {found!r}; minillava's LLaVA knows {model_types}")
+            raise sub.error("model_type", f"is {_shown(found)}; minillava's LLaVA knows {model_types}")
         return sub
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, shortened (reprlib): a field holding a megabyte of JSON is named, not printed."""
+    return reprlib.repr(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -471,7 +478,7 @@ def _int(sec: _Section, key: str, default: int | None, minimum: int = 1) -> int:
         return default
     maximum = SIZE_LIMITS.get(key, TOKEN_ID_LIMIT - 1)
     if not _is_int(value) or not minimum <= value <= maximum:
-        raise sec.error(key, f"must be an int between {minimum} and {maximum}, got {value!r}")
+        raise sec.error(key, f"must be an int between {minimum} and {maximum}, got {_shown(value)}")
     return value
 
 
@@ -484,28 +491,28 @@ def _float(sec: _Section, key: str, default: float | None) -> float:
             raise sec.error(key, "is required")
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise sec.error(key, f"must be a positive finite number, got {value!r}")
+        raise sec.error(key, f"must be a positive finite number, got {_shown(value)}")
     return float(value)
 
 
 def _bool(sec: _Section, key: str, default: bool) -> bool:
     value = sec.data.get(key, default)
     if not isinstance(value, bool):
-        raise sec.error(key, f"must be true or false, got {value!r}")
+        raise sec.error(key, f"must be true or false, got {_shown(value)}")
     return value
 
 
 def _str(sec: _Section, key: str, default: str) -> str:
     value = sec.data.get(key, default)
     if not isinstance(value, str):
-        raise sec.error(key, f"must be a string, got {value!r}")
+        raise sec.error(key, f"must be a string, got {_shown(value)}")
     return value
 
 
 def _activation(sec: _Section, key: str, default: str) -> str:
     value = _str(sec, key, default)
     if value not in ACTIVATIONS:
-        raise sec.error(key, f"is {value!r}; supported activations are {tuple(ACTIVATIONS)}")
+        raise sec.error(key, f"is {_shown(value)}; supported activations are {tuple(ACTIVATIONS)}")
     return value
 
 
@@ -521,4 +528,4 @@ def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = F
     if allow_list and isinstance(value, list) and value and all(token_id(v) for v in value):
         return tuple(value)
     kinds = "an int, a list of ints or null" if allow_list else "an int or null"
-    raise sec.error(key, f"must be {kinds}, got {value!r}")
+    raise sec.error(key, f"must be {kinds}, got {_shown(value)}")

@@ -28,7 +28,12 @@ S the shortest-edge size; Hc, Wc the crop size (the resize size when there is no
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import reprlib
+import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +53,46 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 PREPROCESSOR_CONFIG = "preprocessor_config.json"  # one image processor (4.x and older saves)
 PROCESSOR_CONFIG = "processor_config.json"  # the whole processor, image processor nested (5.x saves)
 
+# The most pixels an image may have at any step of preprocessing: as decoded, padded to a square (do_pad) and resized.
+# The resize needs the bound as much as the file does: a shortest-edge resize of a thin image is long, so a 1 KB PNG of
+# 1 x 1,000,000 pixels resized to a shortest edge of 336 would be 336 x 336,000,000 pixels (339 GB of uint8). The
+# number is Pillow's default decompression-bomb limit (Image.MAX_IMAGE_PIXELS = 2**30 // 4 // 3, 256 MiB as 8-bit
+# RGB), past which Pillow warns about a file: photographs of up to 89 megapixels (12,000 x 7,400) pass, and one image
+# at the bound costs a few GB on its way through (an uncropped resize is rescaled in float64, 24 bytes a pixel).
+MAX_IMAGE_PIXELS = 89_478_485
+# The codes of PIL's resampling filters (Image.Resampling): 0 nearest, 1 Lanczos, 2 bilinear, 3 bicubic, 4 box,
+# 5 Hamming, and in newer Pillows more.
+RESAMPLE_CODES = tuple(sorted(int(code) for code in Image.Resampling))
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def _is_pixels(n) -> bool:
+    """A positive whole number (JSON's true is a Python int too, but no size)."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
+
+
+def _check_hw(hw, name: str) -> None:
+    """A (height, width) setting: two positive ints whose area is within MAX_IMAGE_PIXELS."""
+    sides_ok = isinstance(hw, (tuple, list)) and len(hw) == 2 and all(map(_is_pixels, hw))
+    _require(sides_ok, name, hw, "two positive whole numbers of pixels (height, width)")
+    if hw[0] * hw[1] > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image processor setting {name!r} of {hw[0]} x {hw[1]} pixels is over minillava's bound of "
+            f"{MAX_IMAGE_PIXELS:,} pixels an image"
+        )
+
+
+def _require(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"image processor setting {name!r} must be {expected}; got {reprlib.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +128,30 @@ class ImageProcessorConfig:
             return self.size_hw
         return None
 
+    def __post_init__(self):
+        """Check every setting once, where it enters: from a json (`image_processor_config_from_dict`, which names
+        the file) or from code. Sizes are bounded so that no setting alone makes preprocessing unbounded."""
+        for name in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_pad"):
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
+        convert = self.do_convert_rgb
+        _require(convert is None or isinstance(convert, bool), "do_convert_rgb", convert, "true, false or null")
+        _require(_is_pixels(self.size), "size", self.size, "a positive whole number of pixels")
+        _check_hw((self.size, self.size), "size")  # the shortest edge: the resized image is at least size x size
+        _check_hw(self.crop_size, "crop_size")
+        if self.size_hw is not None:
+            _check_hw(self.size_hw, "size")
+        _require(_is_finite_number(self.rescale_factor) and self.rescale_factor > 0, "rescale_factor",
+                 self.rescale_factor, "a finite number > 0")  # fmt: skip
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            numbers_ok = isinstance(value, (tuple, list)) and len(value) == 3 and all(map(_is_finite_number, value))
+            _require(numbers_ok, name, value, "3 finite numbers (R, G, B)")
+        # std divides: zero would make inf pixels, a negative value would flip them
+        _require(all(s > 0 for s in self.image_std), "image_std", self.image_std, "3 numbers > 0")
+        resample_ok = isinstance(self.resample, numbers.Integral) and not isinstance(self.resample, bool)
+        _require(resample_ok and self.resample in RESAMPLE_CODES, "resample", self.resample,
+                 f"a PIL resampling filter code {RESAMPLE_CODES} (3 is bicubic)")  # fmt: skip
+
 
 # SiglipImageProcessor's class defaults (models/siglip/image_processing_pil_siglip.py): 224 x 224 exactly,
 # bicubic, no center crop, mean = std = 0.5. llava-interleave's json sets size 384 x 384 and repeats the rest.
@@ -118,25 +183,27 @@ def load_image_processor_config(folder: str | os.PathLike) -> ImageProcessorConf
     settings = None
     processor_file = folder / PROCESSOR_CONFIG
     if processor_file.is_file():
-        settings = read_json(processor_file).get("image_processor")
+        settings, source = read_json(processor_file).get("image_processor"), f"{processor_file} ('image_processor')"
     preprocessor_file = folder / PREPROCESSOR_CONFIG
     if settings is None and preprocessor_file.is_file():
-        settings = read_json(preprocessor_file)
+        settings, source = read_json(preprocessor_file), str(preprocessor_file)
     if settings is None:
         raise FileNotFoundError(
             f"{folder}: no image processor settings; expected {PREPROCESSOR_CONFIG} or an 'image_processor' "
             f"entry in {PROCESSOR_CONFIG}"
         )
-    return image_processor_config_from_dict(settings)
+    return image_processor_config_from_dict(settings, source)
 
 
-def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
+def image_processor_config_from_dict(settings: dict, source: str = "image processor settings") -> ImageProcessorConfig:
     """Build the config from the json's image processor dict, filling omitted fields with the defaults of its
-    `image_processor_type` (CLIP's or SigLIP's, see `default_settings`).
+    `image_processor_type` (CLIP's or SigLIP's, see `default_settings`). A bad value is a ValueError that names
+    ``source`` (the file it came from), the field and what was expected.
 
     `size` may be {"shortest_edge": S}, {"height": h, "width": w} (exact resize, see `size_hw`), an int
     ({"shortest_edge": S}, or a square when the json sets default_to_square) or a [h, w] list.
     `crop_size` may be {"height": h, "width": w}, an int (a square) or a [h, w] list.
+    A null flag (do_resize, do_center_crop, ...) is off, as Transformers reads it.
 
     `do_convert_rgb: null` (what llava-interleave's preprocessor_config.json says) is kept as None: RGB images
     are used as they are, and every other PIL mode is converted to RGB (`to_rgb`, transparency composited on
@@ -145,64 +212,87 @@ def image_processor_config_from_dict(settings: dict) -> ImageProcessorConfig:
     HSV images as if they were R, G, B; for all those minillava equals Transformers with do_convert_rgb=True.
     An explicit false is kept (non-RGB images are then refused).
     """
-    kind = str(settings.get("image_processor_type") or "")
-    default = default_settings(kind)
-    size, size_hw = _parse_size(settings.get("size"), default, bool(settings.get("default_to_square", False)))
-    convert_rgb = settings.get("do_convert_rgb", default.do_convert_rgb)  # a null stays None
-    return ImageProcessorConfig(
-        size=size,
-        crop_size=_parse_crop_size(settings.get("crop_size"), default.crop_size),
-        do_resize=bool(settings.get("do_resize", default.do_resize)),
-        do_center_crop=bool(settings.get("do_center_crop", default.do_center_crop)),
-        do_rescale=bool(settings.get("do_rescale", default.do_rescale)),
-        do_normalize=bool(settings.get("do_normalize", default.do_normalize)),
-        do_convert_rgb=None if convert_rgb is None else bool(convert_rgb),
-        rescale_factor=float(settings.get("rescale_factor", default.rescale_factor)),
-        image_mean=_three_floats(settings.get("image_mean", default.image_mean), "image_mean"),
-        image_std=_three_floats(settings.get("image_std", default.image_std), "image_std"),
-        resample=int(settings.get("resample", default.resample)),
-        # do_pad is pad-to-square only in LlavaImageProcessor. CLIPImageProcessor's do_pad pads a batch to its
-        # largest image (bottom/right), a no-op once every image is center-cropped (CLIP) or resized (SigLIP) to
-        # one size: ignored here.
-        do_pad=bool(settings.get("do_pad") or False) and not kind.startswith(("CLIP", "Siglip")),
-        size_hw=size_hw,
-    )
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source}: the image processor settings must be a JSON object, got {type(settings).__name__}")
+    try:
+        kind = settings.get("image_processor_type")
+        kind = "" if kind is None else kind
+        _require(isinstance(kind, str), "image_processor_type", kind, "a class name such as 'CLIPImageProcessor'")
+        default = default_settings(kind)
+        to_square = _flag(settings, "default_to_square", False)
+        _require(isinstance(to_square, bool), "default_to_square", to_square, "true or false")
+        size, size_hw = _parse_size(settings.get("size"), default, to_square)
+        do_pad = _flag(settings, "do_pad", False)
+        if kind.startswith(("CLIP", "Siglip")) and isinstance(do_pad, bool):
+            # do_pad is pad-to-square only in LlavaImageProcessor. CLIPImageProcessor's do_pad pads a batch to its
+            # largest image (bottom/right), a no-op once every image is center-cropped (CLIP) or resized (SigLIP)
+            # to one size: ignored here.
+            do_pad = False
+        return ImageProcessorConfig(
+            size=size,
+            crop_size=_parse_crop_size(settings.get("crop_size"), default.crop_size),
+            do_resize=_flag(settings, "do_resize", default.do_resize),
+            do_center_crop=_flag(settings, "do_center_crop", default.do_center_crop),
+            do_rescale=_flag(settings, "do_rescale", default.do_rescale),
+            do_normalize=_flag(settings, "do_normalize", default.do_normalize),
+            do_convert_rgb=settings.get("do_convert_rgb", default.do_convert_rgb),  # a null stays None
+            rescale_factor=settings.get("rescale_factor", default.rescale_factor),
+            image_mean=_three_values(settings.get("image_mean", default.image_mean)),
+            image_std=_three_values(settings.get("image_std", default.image_std)),
+            resample=settings.get("resample", default.resample),
+            do_pad=do_pad,
+            size_hw=size_hw,
+        )
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _flag(settings: dict, name: str, default: bool):
+    """A true/false field; null is off (Transformers' processors test it for truth). Any other value is returned as
+    it is, for `ImageProcessorConfig` to refuse."""
+    value = settings.get(name, default)
+    return False if value is None else value
 
 
 def _parse_size(value, default: ImageProcessorConfig, default_to_square: bool) -> tuple[int, tuple[int, int] | None]:
     """-> (shortest edge, exact (height, width) or None), following Transformers' get_size_dict."""
     if value is None:
         return default.size, default.size_hw
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value, (value, value)) if default_to_square else (value, None)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         value = {"height": value[0], "width": value[1]}
     if isinstance(value, dict) and set(value) == {"shortest_edge"}:
-        return int(value["shortest_edge"]), None
+        return value["shortest_edge"], None
     if isinstance(value, dict) and set(value) == {"height", "width"}:
-        height, width = int(value["height"]), int(value["width"])
-        return min(height, width), (height, width)
-    raise ValueError(f"image processor 'size' must be {{'shortest_edge': S}} or {{'height', 'width'}}; got {value!r}")
+        size_hw = (value["height"], value["width"])
+        _check_hw(size_hw, "size")  # before min() compares them
+        return min(size_hw), size_hw
+    raise ValueError(
+        f"image processor setting 'size' must be {{'shortest_edge': S}} or {{'height': h, 'width': w}}; "
+        f"got {reprlib.repr(value)}"
+    )
 
 
 def _parse_crop_size(value, default: tuple[int, int]) -> tuple[int, int]:
     if value is None:
         return default
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
+        return (value[0], value[1])
     if isinstance(value, dict) and set(value) == {"height", "width"}:
-        return (int(value["height"]), int(value["width"]))
-    raise ValueError(f"image processor 'crop_size' must be {{'height': h, 'width': w}}; got {value!r}")
+        return (value["height"], value["width"])
+    raise ValueError(
+        f"image processor setting 'crop_size' must be {{'height': h, 'width': w}}; got {reprlib.repr(value)}"
+    )
 
 
-def _three_floats(value, name: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):  # one number for all channels, as Transformers' normalize accepts
-        return (float(value),) * 3
-    if len(value) != 3:
-        raise ValueError(f"image processor '{name}' needs 3 values (R, G, B); got {value!r}")
-    return tuple(float(v) for v in value)
+def _three_values(value):
+    """One number for all channels (as Transformers' normalize accepts) -> three; a list -> a tuple."""
+    if _is_finite_number(value):
+        return (value,) * 3
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,32 +311,73 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     `load_image` to PIL inputs, so a photo opened with `Image.open` keeps its stored (unrotated) pixels there,
     and must here too for pixel_values to be equal. Call `ImageOps.exif_transpose` yourself if you want it.
 
-    Only local files: no URLs or base64 strings (Transformers accepts those).
+    Either is refused with a ValueError when it has no pixels or more than MAX_IMAGE_PIXELS; a file before it is
+    decoded (its header gives the size), and whatever Pillow cannot decode is a ValueError naming the file.
+    Only local regular files: no URLs or base64 strings (Transformers accepts those), no FIFOs or devices.
     """
     if isinstance(source, Image.Image):
-        _check_not_empty(source, "image")
+        _check_pixels(source.width, source.height, "image")
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load_image takes a path or a PIL image, got {type(source).__name__}")
     path = Path(source)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")  # decodes the whole file
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{path}: not an image Pillow can read") from e
-    except (OSError, SyntaxError) as e:  # truncated or corrupt data surfaces while decoding
-        raise ValueError(f"{path}: cannot decode image ({e})") from e
-    _check_not_empty(image, str(path))
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image file") from None
+    except ValueError:  # a NUL or a lone surrogate in the name (UnicodeEncodeError): no file is called that
+        raise ValueError(f"{str(path)!r}: not a possible file name (it holds a NUL or a lone surrogate)") from None
+    except OSError as err:  # a name too long, a loop of links, a folder we may not enter, ...
+        raise ValueError(f"{path}: cannot read the image file ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):  # opening a FIFO would wait for a writer forever; a device may never end
+        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device), so not an image file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about a file of more than Image.MAX_IMAGE_PIXELS pixels and refuses one of twice that
+            # (a possible decompression bomb); both become our error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size  # from the header
+                if 0 < width * height <= MAX_IMAGE_PIXELS:  # only an image within the bound is decoded
+                    image = ImageOps.exif_transpose(opened).convert("RGB")  # decodes the whole file
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"{path}: too many pixels, refused as a possible decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read") from None
+    except PermissionError as err:
+        raise ValueError(f"{path}: cannot read the image file ({err.strerror})") from None
+    except Exception as err:  # corrupt data surfaces while decoding, as whatever Pillow's plugin for the format
+        # raises: OSError for a truncated file, struct.error or TypeError for a broken EXIF block, SyntaxError, ...
+        raise ValueError(f"{path}: cannot decode image ({err or type(err).__name__})") from None
+    _check_pixels(width, height, str(path))  # the error for an image not decoded above
     return image
 
 
-def _check_not_empty(image: Image.Image, name: str) -> None:
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"{name}: zero-sized image ({image.width}x{image.height})")
+def _check_pixels(width: int, height: int, name: str) -> None:
+    """An image must have pixels, and not more than MAX_IMAGE_PIXELS of them."""
+    if width == 0 or height == 0:
+        raise ValueError(f"{name}: zero-sized image ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{name}: {width}x{height} is {width * height:,} pixels, over minillava's bound of "
+            f"{MAX_IMAGE_PIXELS:,} pixels an image"
+        )
+
+
+def check_image_size(image: Image.Image, config: ImageProcessorConfig, name: str = "image") -> None:
+    """Refuse, before any work, an image that some step of `preprocess_one` would make larger than
+    MAX_IMAGE_PIXELS: the image itself, its square (do_pad) or its resize target (a thin image's shortest-edge
+    resize is long: see MAX_IMAGE_PIXELS)."""
+    _check_pixels(image.width, image.height, name)
+    height, width = image.height, image.width
+    if config.do_pad:
+        height = width = max(height, width)
+        _check_pixels(width, height, f"{name} padded to a square")
+    if config.do_resize and config.size_hw is None:  # an exact resize is bounded by the config's own check
+        height, width = shortest_edge_size(height, width, config.size)
+        _check_pixels(width, height, f"{name} resized to a shortest edge of {config.size}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,7 +390,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     An image with transparency (an "A" band: RGBA, LA, PA; or a "transparency" entry in `image.info`: P, L or
     RGB with a transparent colour) goes to RGBA and is alpha-composited onto opaque white. Every other mode
-    (L, 1, CMYK, YCbCr, I;16, I, F, RGBa, ...) takes Pillow's own `convert("RGB")`.
+    (L, 1, CMYK, YCbCr, I;16, I, F, RGBa, ...) takes Pillow's own `convert("RGB")`. "La" (L with premultiplied
+    alpha), which Pillow converts only to LA and Transformers therefore not at all, goes through LA.
+    An image Pillow cannot convert (a "transparency" entry that does not fit its mode) is a ValueError naming the
+    mode.
 
     EXIF orientation is ignored, as in Transformers' processors for PIL inputs (see `load_image`).
 
@@ -267,23 +401,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Transformers converts nothing and refuses most non-RGB images; minillava converts them as Transformers does
     with do_convert_rgb=True (see `image_processor_config_from_dict`).
     """
+    if image.mode == "La":
+        image = image.convert("LA")  # [H, W, 2], alpha no longer premultiplied
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if not has_alpha:
-        return image.convert("RGB")  # [H, W, 3]
-    rgba = image.convert("RGBA")  # [H, W, 4]
+    try:
+        if not has_alpha:
+            return image.convert("RGB")  # [H, W, 3]
+        rgba = image.convert("RGBA")  # [H, W, 4]
+    except (ValueError, TypeError, OverflowError) as err:  # Pillow's words for a mode or transparency it cannot use
+        transparency = image.info.get("transparency")
+        what = "" if transparency is None else f" with transparency {reprlib.repr(transparency)}"
+        raise ValueError(f"image mode {image.mode!r}{what}: Pillow cannot convert it to RGB ({err})") from None
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # [H, W, 4]
     return Image.alpha_composite(white, rgba).convert("RGB")  # [H, W, 3]
 
 
 def pad_to_square(image: Image.Image, image_mean: Sequence[float]) -> Image.Image:
     """LLaVA-1.5's own `expand2square` (`--image_aspect_ratio pad`): centre the image on a square of the mean
-    colour (LlavaImageProcessor with do_pad=True). The colour is int(mean * 255) per channel (truncated); the
-    offset is floored."""
+    colour (LlavaImageProcessor with do_pad=True). The colour is int(mean * 255) per channel (truncated, and
+    clipped to 0 .. 255); the offset is floored."""
     width, height = image.size
     if width == height:
         return image
     side = max(width, height)
-    colour = tuple(int(m * 255) for m in image_mean)
+    # Pillow clips a colour to 0..255 itself but overflows past 64 bits (a mean of 1e30): clipped here, same colours
+    colour = tuple(min(max(int(m * 255), 0), 255) for m in image_mean)
     square = Image.new("RGB", (side, side), colour)  # [M, M, 3]
     square.paste(image, ((side - width) // 2, (side - height) // 2))  # [M, M, 3]
     return square
@@ -339,8 +481,8 @@ def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.
 
 
 def preprocess_one(image: Image.Image, config: ImageProcessorConfig) -> np.ndarray:
-    """One PIL image -> [3, Hc, Wc] float32 (or [3, H', W'] without center crop)."""
-    _check_not_empty(image, "image")
+    """One PIL image -> [3, Hc, Wc] float32 (or [3, H', W'] without center crop). Its size must have passed
+    `check_image_size` (as `preprocess` checks every image first)."""
     if config.do_convert_rgb or (config.do_convert_rgb is None and image.mode != "RGB"):
         image = to_rgb(image)  # [H, W, 3]
     elif image.mode != "RGB":
@@ -364,17 +506,22 @@ def preprocess(images, config: ImageProcessorConfig) -> np.ndarray:
     """A PIL image, a path, or a list of them -> pixel_values [N, 3, Hc, Wc] float32.
 
     Paths go through `load_image` (EXIF applied, as Transformers does for paths); PIL images are used as given.
+    Every image is loaded and its size checked (`check_image_size`) before any is preprocessed.
     With do_rescale and do_normalize both off, the values are the uint8 pixels as float32.
     """
     if isinstance(images, (Image.Image, str, os.PathLike)):
         images = [images]
-    images = list(images)
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"preprocess takes a PIL image, a path or a list of them, got {type(images).__name__}")
     if not images:
         raise ValueError("preprocess needs at least one image")
     for image in images:
         if not isinstance(image, (Image.Image, str, os.PathLike)):
             raise TypeError(f"preprocess takes PIL images or paths, got {type(image).__name__}")
-    batch = [preprocess_one(load_image(image), config) for image in images]  # N x [3, Hc, Wc]
+    loaded = [load_image(image) for image in images]  # N PIL images
+    for i, (image, given) in enumerate(zip(loaded, images, strict=True)):
+        check_image_size(image, config, str(given) if isinstance(given, (str, os.PathLike)) else f"image {i}")
+    batch = [preprocess_one(image, config) for image in loaded]  # N x [3, Hc, Wc]
     shapes = {b.shape for b in batch}
     if len(shapes) > 1:
         raise ValueError(f"images of different sizes after preprocessing cannot be stacked: {sorted(shapes)}")

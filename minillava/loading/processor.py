@@ -42,6 +42,7 @@ L = image tokens per image.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,10 @@ class LlavaProcessor:
     patch_size, vision_feature_select_strategy, num_additional_image_tokens: how many image tokens an image
     takes (see ``image_token_count``); num_image_tokens: that count for an image of the preprocessed size;
     bos/eos/pad/unk_token(_id): the tokenizer's special tokens (None where the folder names none);
-    padding_side: "left" or "right", the default for ``__call__``.
+    padding_side: "left" or "right", the default for ``__call__``;
+    vocab_size: the ids ``decode`` takes are 0 .. vocab_size - 1 (default: the tokenizer's; ``load_processor``
+    takes the larger of it and the model's, whose embedding has padding rows past the tokenizer's ids);
+    folder: the checkpoint folder it was read from (None when built in code), named in its errors.
     """
 
     def __init__(
@@ -85,20 +89,31 @@ class LlavaProcessor:
         image_token: str = IMAGE_TOKEN,
         special_tokens: dict[str, str] | None = None,
         padding_side: str = "left",
+        vocab_size: int | None = None,
+        folder: Path | None = None,
     ):
         self.tokenizer = tokenizer
+        self.folder = folder
         self.image_processor_config = image_processor_config
         self.chat_template = chat_template
-        if not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if not _is_positive_int(patch_size):
+            raise ValueError(f"patch_size must be a positive int, got {reprlib.repr(patch_size)}")
         if vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(
                 f"vision_feature_select_strategy must be one of {FEATURE_SELECT_STRATEGIES}, "
-                f"got {vision_feature_select_strategy!r}"
+                f"got {reprlib.repr(vision_feature_select_strategy)}"
             )
+        if not (_is_int(num_additional_image_tokens) and num_additional_image_tokens in (0, 1)):
+            raise ValueError(  # minillava's vision towers add one token (CLIP's CLS) or none (SigLIP)
+                f"num_additional_image_tokens must be 0 or 1, got {reprlib.repr(num_additional_image_tokens)}"
+            )
+        if not isinstance(image_token, str) or not image_token:  # "" would be found between every two characters
+            raise ValueError(f"image_token must be a non-empty string, got {reprlib.repr(image_token)}")
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
-        self.num_additional_image_tokens = int(num_additional_image_tokens)
+        self.num_additional_image_tokens = num_additional_image_tokens
+        if image_processor_config.output_hw is not None:
+            self.image_token_count(*image_processor_config.output_hw)  # at least one token per image (or an error)
         self.image_token = image_token
         self.image_token_id = tokenizer.token_to_id(image_token)
         if self.image_token_id is None:
@@ -109,6 +124,9 @@ class LlavaProcessor:
             setattr(self, f"{name}_token", token)
             setattr(self, f"{name}_token_id", None if token is None else tokenizer.token_to_id(token))
         self.padding_side = _check_padding_side(padding_side, "padding_side")
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True) if vocab_size is None else vocab_size
+        if not _is_positive_int(self.vocab_size):
+            raise ValueError(f"vocab_size must be a positive int, got {reprlib.repr(vocab_size)}")
         # Byte-fallback tokens <0x00> .. <0xFF>: characters outside the BPE vocabulary are spelled in bytes. A
         # byte-level BPE (Qwen's) has none: its tokens are bytes already, and `stream_text` holds back a text that
         # ends inside a character by its U+FFFD.
@@ -122,7 +140,14 @@ class LlavaProcessor:
         """Image tokens for one preprocessed image of height x width (LlavaProcessor.replace_image_token):
         one per patch, plus the extra tokens (CLS), minus CLS again for the "default" strategy."""
         count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
-        return count - 1 if self.vision_feature_select_strategy == "default" else count
+        count = count - 1 if self.vision_feature_select_strategy == "default" else count
+        if count < 1:  # the <image> markers would vanish from the prompt, and the image with them
+            raise ValueError(
+                f"a preprocessed image of {height}x{width} pixels makes {count} image tokens in patches of "
+                f"{self.patch_size} (strategy {self.vision_feature_select_strategy!r}, "
+                f"{self.num_additional_image_tokens} additional): patch_size is larger than the image"
+            )
+        return count
 
     @property
     def num_image_tokens(self) -> int:
@@ -143,13 +168,19 @@ class LlavaProcessor:
         ``use_jinja=True``, by ``render_jinja``, which reproduces Transformers exactly (including its quirks, such
         as both templates dropping string content).
         """
-        if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
-            return [self.apply_chat_template(c, add_generation_prompt, use_jinja) for c in conversation]
         if self.chat_template is None:
             raise ValueError(
-                "this checkpoint has no chat template (no chat_template.jinja, chat_template.json or "
-                "'chat_template' in tokenizer_config.json); write the prompt yourself"
+                f"{self.folder or 'this processor'}: no chat template (looked for processor_config.json's "
+                "'chat_template', chat_template.json, chat_template.jinja and tokenizer_config.json's "
+                "'chat_template'); write the prompt yourself, or set processor.chat_template"
             )
+        if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+            # a batch: one level only, each item a conversation (so a list nested 5000 deep is one bad message,
+            # not 5000 calls)
+            return [self._render(c, add_generation_prompt, use_jinja) for c in conversation]
+        return self._render(conversation, add_generation_prompt, use_jinja)
+
+    def _render(self, conversation, add_generation_prompt: bool, use_jinja: bool) -> str:
         native = None if use_jinja else native_renderer(self.chat_template)
         if native is not None:
             return native(conversation, add_generation_prompt)
@@ -178,8 +209,8 @@ class LlavaProcessor:
             raise ValueError("give text (a prompt or a list of prompts), images, or both")
         prompts = None if text is None else _as_prompts(text)
         image_list = None if images is None else _as_image_list(images)
-        if padding not in (True, False, "longest", "do_not_pad"):
-            raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad', got {padding!r}")
+        if not isinstance(padding, (bool, str)) or padding not in (True, False, "longest", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad', got {reprlib.repr(padding)}")
         side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
         nested = isinstance(images, (list, tuple)) and any(isinstance(item, (list, tuple)) for item in images)
         if prompts is not None and nested:  # one list of images per prompt: each prompt's count must match its own
@@ -244,6 +275,7 @@ class LlavaProcessor:
             if not answers or answers[-1] != len(conversation) - 1:
                 raise ValueError(f"conversations[{i}] must end with an assistant message (the answer to learn)")
             full_text = self.apply_chat_template(conversation).rstrip()  # (whitespace after the last answer: dropped)
+            _check_text(full_text, f"conversations[{i}]")  # each turn's text is part of it
             markers += full_text.count(self.image_token)
             full = ids_of(full_text)
             row, labels, done = [], [], 0  # done: tokens of `full` copied to row so far
@@ -296,21 +328,32 @@ class LlavaProcessor:
             ids = np.asarray(ids)
             if ids.ndim != 2:
                 raise ValueError(f"batch_decode takes ids of shape [B, T], got shape {ids.shape}; use decode")
+        elif not isinstance(ids, (list, tuple)):
+            raise TypeError(f"batch_decode takes ids [B, T] (an array or a list of rows), got {type(ids).__name__}")
         return [self.decode(row, skip_special_tokens) for row in ids]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """[T] token ids (or one int) -> text, through tokenizer.json's decoder (byte fallback, ▁ -> space)."""
-        array = np.asarray(ids)
+        """[T] token ids (or one int) -> text, through tokenizer.json's decoder (byte fallback, ▁ -> space).
+
+        Ids past the tokenizer's own but within ``vocab_size`` (llava-1.5 pads its embedding matrix from 32002 to
+        32064 rows, so a model can produce them) decode to nothing, as in Transformers; an id outside
+        [0, vocab_size) is a ValueError naming it."""
+        try:
+            array = np.asarray(ids)
+        except ValueError:  # NumPy's words for rows of different lengths
+            raise ValueError("decode takes one row of token ids; use batch_decode for several") from None
         if array.ndim == 0:
             array = array.reshape(1)
         if array.ndim != 1:
             raise ValueError(f"decode takes one row of token ids, got shape {array.shape}; use batch_decode")
         if array.size and not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
-        if array.size and array.min() < 0:
-            raise ValueError(f"token ids must be >= 0, got {array.min()}")
-        # Ids past the tokenizer's vocabulary (llava-1.5 pads its embedding matrix from 32002 to 32064
-        # rows, so a model can produce them) decode to nothing, as in Transformers.
+        outside = np.flatnonzero((array < 0) | (array >= self.vocab_size))  # positions
+        if outside.size:
+            i = int(outside[0])
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}) (the vocabulary), but ids[{i}] is {int(array[i])}"
+            )
         return self.tokenizer.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
 
     # -- streaming ------------------------------------------------------------------------------------
@@ -358,13 +401,27 @@ def stream_text(token_steps, decode, byte_token_ids=frozenset()):
 
 
 def _as_prompts(text) -> list[str]:
+    """The text where it enters the processor: strings that the tokenizer can take."""
     prompts = [text] if isinstance(text, str) else text
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise ValueError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise ValueError(f"`text` must hold strings, but text[{i}] is a {type(prompt).__name__}")
+        _check_text(prompt, f"text[{i}]")
     return list(prompts)
+
+
+def _check_text(text: str, name: str) -> None:
+    """A lone surrogate (half of a UTF-16 pair, as a broken JSON escape "\\ud83c" gives) is no character: UTF-8
+    cannot encode it, and the tokenizer refuses it with a TypeError naming nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name} holds the lone surrogate {text[err.start]!r} at position {err.start}, which is not a character "
+            "(half of a UTF-16 pair); UTF-8 cannot encode it"
+        ) from None
 
 
 def _as_image_list(images) -> list:
@@ -383,8 +440,8 @@ def _as_image_list(images) -> list:
 
 
 def _check_padding_side(side, name: str) -> str:
-    if side not in PADDING_SIDES:
-        raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
+    if not isinstance(side, str) or side not in PADDING_SIDES:
+        raise ValueError(f"{name} must be 'left' or 'right', got {reprlib.repr(side)}")
     return side
 
 
@@ -404,7 +461,10 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
     tokenizer_file = folder / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"{folder}: no tokenizer.json (minillava reads the tokenizers-library file)")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as err:  # the tokenizers library raises a bare Exception, naming no file, for one it cannot read
+        raise ValueError(f"{tokenizer_file}: not a tokenizer the tokenizers library can read ({err})") from None
     tokenizer.no_padding()  # minillava pads itself
     tokenizer.no_truncation()
 
@@ -420,11 +480,16 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
 
     # How many tokens an image takes: processor_config.json, else (older folders) the model's config.json, whose
     # vision tower has one extra token (CLS) for CLIP and none for SigLIP.
-    processor_config = read_json(folder / "processor_config.json")
+    processor_file = folder / "processor_config.json"
+    processor_config = read_json(processor_file)
+    patch_size = _field(processor_config, "patch_size", processor_file, "a positive int (pixels)", _is_positive_int)
+    strategy = _field(processor_config, "vision_feature_select_strategy", processor_file,
+                      f"one of {FEATURE_SELECT_STRATEGIES}", lambda v: v in FEATURE_SELECT_STRATEGIES)  # fmt: skip
+    extra = _field(processor_config, "num_additional_image_tokens", processor_file,
+                   "0 or 1 (CLIP's CLS token, or none)", lambda v: _is_int(v) and v in (0, 1))  # fmt: skip
+    image_token = _field(processor_config, "image_token", processor_file, "a non-empty string",
+                         lambda v: isinstance(v, str) and v != "")  # fmt: skip
     model_config = load_config(folder) if (folder / "config.json").is_file() else None
-    patch_size = processor_config.get("patch_size")
-    strategy = processor_config.get("vision_feature_select_strategy")
-    extra = processor_config.get("num_additional_image_tokens")
     if model_config is not None:
         patch_size = patch_size or model_config.vision.patch_size
         strategy = strategy or model_config.vision_feature_select_strategy
@@ -437,17 +502,45 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"{folder / 'tokenizer_config.json'}: padding_side must be 'left' or 'right'")
 
-    return LlavaProcessor(
-        tokenizer=tokenizer,
-        image_processor_config=image_preprocess.load_image_processor_config(folder),
-        patch_size=int(patch_size),
-        vision_feature_select_strategy=strategy or "default",
-        num_additional_image_tokens=1 if extra is None else int(extra),
-        chat_template=_read_chat_template(folder, processor_config, tokenizer_config),
-        image_token=processor_config.get("image_token", IMAGE_TOKEN),
-        special_tokens=special_tokens,
-        padding_side=padding_side,
-    )
+    # The ids a model can produce: its embedding rows (llava-1.5: 32064, past the tokenizer's 32002).
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if model_config is not None:
+        vocab_size = max(vocab_size, model_config.text.vocab_size)
+
+    image_processor_config = image_preprocess.load_image_processor_config(folder)
+    chat_template = _read_chat_template(folder, processor_config, tokenizer_config)
+    try:
+        return LlavaProcessor(
+            tokenizer=tokenizer,
+            image_processor_config=image_processor_config,
+            patch_size=patch_size,
+            vision_feature_select_strategy=strategy or "default",
+            num_additional_image_tokens=1 if extra is None else extra,
+            chat_template=chat_template,
+            image_token=IMAGE_TOKEN if image_token is None else image_token,
+            special_tokens=special_tokens,
+            padding_side=padding_side,
+            vocab_size=vocab_size,
+            folder=folder,
+        )
+    except ValueError as err:  # what only the files together get wrong (an image token not in tokenizer.json, ...)
+        raise ValueError(f"{folder}: {err}") from None
+
+
+def _field(config: dict, name: str, file: Path, expected: str, ok):
+    """config[name] (None when absent or null), checked with ``ok``: a bad value is a ValueError naming the file."""
+    value = config.get(name)
+    if value is not None and not ok(value):
+        raise ValueError(f"{file}: {name!r} must be {expected}; got {reprlib.repr(value)}")
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is a Python int too
+
+
+def _is_positive_int(value) -> bool:
+    return _is_int(value) and value > 0
 
 
 def _read_chat_template(folder: Path, processor_config: dict, tokenizer_config: dict) -> str | None:
@@ -463,7 +556,10 @@ def _read_chat_template(folder: Path, processor_config: dict, tokenizer_config: 
         return _default_template(data["chat_template"], legacy)
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{jinja}: not UTF-8 text ({err})") from None
     if tokenizer_config.get("chat_template") is not None:
         return _default_template(tokenizer_config["chat_template"], folder / "tokenizer_config.json")
     return None

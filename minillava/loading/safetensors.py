@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 
 import numpy as np
 
@@ -36,6 +37,11 @@ SAFETENSORS_DTYPES = {
     "BOOL": np.dtype("?"),
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# The reference reader's limit on the header (safetensors' MAX_HEADER_SIZE, 100 MB): the length field is read from
+# the file, and a corrupt one must not make us read gigabytes as JSON. The largest real headers are a few MB.
+MAX_HEADER_SIZE = 100_000_000
+# NumPy's limit on the number of dimensions of an array.
+MAX_DIMS = 64
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,6 +70,11 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
         if len(prefix) < 8:
             raise ValueError(f"{path}: not a safetensors file ({file_size} bytes: truncated)")
         header_size = int.from_bytes(prefix, "little")
+        if header_size > MAX_HEADER_SIZE:
+            raise ValueError(
+                f"{path}: header length {header_size} is over the format's limit of {MAX_HEADER_SIZE} bytes "
+                "(corrupt, or not a safetensors file)"
+            )
         if 8 + header_size > file_size:
             raise ValueError(
                 f"{path}: header length {header_size} runs past the end of the {file_size}-byte file "
@@ -74,6 +85,8 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: the safetensors header is not valid JSON ({err})") from None
+    except RecursionError:  # brackets nested thousands deep: no header has them
+        raise ValueError(f"{path}: the safetensors header is JSON nested too deeply to be a header") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
 
@@ -85,19 +98,26 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
             continue
         where = f"{path}: tensor {name!r}"
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise ValueError(f"{where}: header entry must have dtype, shape and data_offsets, got {info!r}")
+            raise ValueError(f"{where}: header entry must have dtype, shape and data_offsets, got {reprlib.repr(info)}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{where}: unknown or unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+            raise ValueError(f"{where}: unknown or unsupported dtype {reprlib.repr(dtype)}")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_count(n) for n in shape):
+            raise ValueError(
+                f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers, got {reprlib.repr(shape)}"
+            )
+        # NumPy's limit on an array is 2**63 bytes: with items of up to 8 bytes (a cast to float64 included), the
+        # dimensions, zeros left out, must multiply to less than 2**60. Only an empty tensor (a zero among them) could
+        # pass the size check below with larger ones.
+        if math.prod(n for n in shape if n) >= 2**60:
+            raise ValueError(f"{where}: shape {reprlib.repr(shape)} is too large for any array")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(n, int) for n in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
+            or not all(map(_is_count, offsets))
+            or offsets[0] > offsets[1]
         ):
-            raise ValueError(f"{where}: data_offsets must be [begin, end], begin <= end, got {offsets!r}")
+            raise ValueError(f"{where}: data_offsets must be [begin, end], begin <= end, got {reprlib.repr(offsets)}")
         begin, end = offsets
         if end > buffer_size:
             raise ValueError(
@@ -126,6 +146,11 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
             f"{header_size}-byte header (a wrong header length, or bytes appended): not a valid safetensors file"
         )
     return tensors, data_start
+
+
+def _is_count(n) -> bool:
+    """A non-negative JSON integer (true and false are Python ints too, but not counts)."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def map_buffer(path: str, data_start: int) -> np.ndarray:

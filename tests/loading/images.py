@@ -1,5 +1,6 @@
 """The pictures and references the image-processing tests share: scikit-image's photographs in any size and PIL
-mode, Transformers' PIL-backend processors, and the check that two pixel_values are bit-identical."""
+mode, PNG files whose header claims any size, Transformers' PIL-backend processors, and the check that two
+pixel_values are bit-identical."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,11 @@ from PIL import Image
 from skimage import data
 
 from minillava.loading.preprocess import image_processor_config_from_dict
+
+from ..tools import load_tool
+
+# A small PNG whose header claims any size (a decompression bomb, a thin image): the fuzzer's maker of them.
+png_with_size = load_tool("fuzz").png_with_size
 
 # Every step repeats Transformers' arithmetic in the same dtypes, so we ask for bit-identical pixel_values, not
 # just <= 1e-6: a float32 instead of float64 rescale differs by one float32 ulp (~2e-7 after normalising), which

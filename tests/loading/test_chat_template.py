@@ -4,6 +4,7 @@ Transformers' prompt on every conversation tried here, other templates go throug
 comes from, bad conversations."""
 
 import json
+import re
 import shutil
 import sys
 
@@ -249,6 +250,79 @@ def test_bad_conversations(folders):
             processor.apply_chat_template(conversation)
     with pytest.raises(ValueError, match="non-empty list"):
         processor.apply_chat_template([], use_jinja=True)
+
+
+def test_conversation_nested_5000_deep(folders):
+    """A batch is one level of lists: a list nested 5000 deep is one bad message, not 5000 nested calls."""
+    processor = load_processor(folders["llama"])
+    deep = [{"role": "user", "content": "x"}]
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match=r"^conversation\[0\] must be a dict with 'role' and 'content', got list$"):
+        processor.apply_chat_template(deep)
+
+
+def test_content_part_nested_5000_deep_and_a_role_of_a_megabyte(folders):
+    """The message shows a shortened form of what it names: a part nested 5000 deep, a role of a million
+    characters."""
+    processor = load_processor(folders["llama"])
+    part = "x"
+    for _ in range(5000):
+        part = [part]
+    with pytest.raises(ValueError, match=r"content part 0 must be a dict .*, got \[\[\[") as caught:
+        processor.apply_chat_template([{"role": "user", "content": [part]}])
+    assert len(str(caught.value)) < 200
+    with pytest.raises(ValueError, match=r"conversation\[0\] has the unknown role 'rrr") as caught:
+        processor.apply_chat_template([{"role": "r" * 10**6, "content": "x"}])
+    assert len(str(caught.value)) < 200
+
+
+def test_missing_chat_template_names_the_folder_and_the_files(folders, tmp_path):
+    folder = shutil.copytree(folders["llama"], tmp_path / "no_template")
+    (folder / "chat_template.jinja").unlink()
+    processor = load_processor(folder)
+    with pytest.raises(ValueError) as caught:
+        processor.apply_chat_template(CONVERSATIONS["single turn with image"])
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: no chat template")
+    for name in ("processor_config.json", "chat_template.json", "chat_template.jinja", "tokenizer_config.json"):
+        assert name in message
+
+
+OTHER_TEMPLATE = (  # a template of another kind: refuses unknown roles, prints each content as JSON
+    "{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('unknown role ' + "
+    "m['role']) }}{% endif %}{{ m['role'] }}: {{ m['content'] | tojson }}\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template, conversation, words",
+    [
+        (OTHER_TEMPLATE, [{"role": "system", "content": "x"}], "TemplateError: unknown role system"),
+        (OTHER_TEMPLATE, [{"role": "user", "content": [b"bytes"]}], "TypeError: Object of type bytes"),
+        (OTHER_TEMPLATE, [{"role": "user", "content": [[[["x"]]]]}], None),  # fine: printed as JSON
+        (mp.LLAVA_15_CHAT_TEMPLATE, [{"role": "user", "content": [{"type": "text", "text": ["a list"]}]}],
+         "TypeError: can only concatenate list"),
+        ("{% for m in messages %}{{ m['role'] }", [{"role": "user", "content": "x"}], "not valid Jinja (line 1"),
+    ],
+    ids=["raise-exception", "unprintable", "nested-printable", "text-not-a-string", "syntax-error"],
+)  # fmt: skip
+def test_jinja_templates_refuse_with_one_value_error(template, conversation, words):
+    """A template is a program: whatever it raises on a conversation it does not expect is a ValueError that says
+    what the template met."""
+    if words is None:
+        assert mp.render_jinja(template, conversation).startswith("user: [[[")
+        return
+    with pytest.raises(ValueError, match=re.escape(words)):
+        mp.render_jinja(template, conversation)
+
+
+def test_jinja_template_on_a_text_nested_5000_deep():
+    text = "x"
+    for _ in range(5000):
+        text = [text]
+    with pytest.raises(ValueError, match=r"the chat template cannot render this conversation \(RecursionError"):
+        mp.render_jinja(OTHER_TEMPLATE, [{"role": "user", "content": [{"type": "text", "text": text}]}])
 
 
 def random_conversations(n, seed=0):

@@ -5,6 +5,7 @@ defaults; each checked against the pixel_values Transformers' AutoImageProcessor
 folder."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -261,3 +262,81 @@ def test_do_convert_rgb_null_true_false(kind):
     )
     with pytest.raises(ValueError, match="'L'"):
         preprocess(grey, image_processor_config_from_dict({"image_processor_type": kind, "do_convert_rgb": False}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad values: one ValueError naming the file, the field and what was expected
+# ---------------------------------------------------------------------------------------------------------------
+
+BAD_SETTINGS = {  # id: (field, value, words of the message)
+    "size-negative": ("size", {"shortest_edge": -3}, "'size' must be a positive whole number of pixels; got -3"),
+    "size-string": ("size", {"shortest_edge": "big"}, "'size' must be a positive whole number of pixels; got 'big'"),
+    "size-true": ("size", True, "'size' must be {'shortest_edge': S} or {'height': h, 'width': w}; got True"),
+    "size-huge": ("size", 10**9, "'size' of 1000000000 x 1000000000 pixels is over minillava's bound of 89,478,485"),
+    "size-hw-huge": ("size", {"height": 10**5, "width": 10**5}, "'size' of 100000 x 100000 pixels is over"),
+    "size-hw-float": ("size", {"height": 30.5, "width": 30}, "'size' must be two positive whole numbers"),
+    "crop-zero": ("crop_size", {"height": 0, "width": 5}, "'crop_size' must be two positive whole numbers"),
+    "crop-huge": ("crop_size", {"height": 10**6, "width": 10**6}, "'crop_size' of 1000000 x 1000000 pixels is over"),
+    "crop-form": ("crop_size", {"shortest_edge": 336}, "'crop_size' must be {'height': h, 'width': w}"),
+    "mean-nan": ("image_mean", [float("nan"), 0.5, 0.5], "'image_mean' must be 3 finite numbers (R, G, B); got (nan,"),
+    "mean-strings": ("image_mean", ["a", "b", "c"], "'image_mean' must be 3 finite numbers"),
+    "mean-two": ("image_mean", [0.5, 0.5], "'image_mean' must be 3 finite numbers"),
+    "mean-dict": ("image_mean", {"r": 1}, "'image_mean' must be 3 finite numbers"),
+    "std-zero": ("image_std", [0, 1, 1], "'image_std' must be 3 numbers > 0; got (0, 1, 1)"),
+    "std-negative": ("image_std", -1, "'image_std' must be 3 numbers > 0; got (-1, -1, -1)"),
+    "std-inf": ("image_std", [1, float("inf"), 1], "'image_std' must be 3 finite numbers"),
+    "resample-unknown": ("resample", 99, "'resample' must be a PIL resampling filter code (0, 1, 2, 3, 4, 5"),
+    "resample-name": ("resample", "bicubic", "'resample' must be a PIL resampling filter code"),
+    "rescale-inf": ("rescale_factor", float("inf"), "'rescale_factor' must be a finite number > 0; got inf"),
+    "rescale-zero": ("rescale_factor", 0, "'rescale_factor' must be a finite number > 0; got 0"),
+    "rescale-string": ("rescale_factor", "1/255", "'rescale_factor' must be a finite number > 0; got '1/255'"),
+    "flag-string": ("do_resize", "false", "'do_resize' must be true or false; got 'false'"),
+    "pad-flag-number": ("do_pad", 2, "'do_pad' must be true or false; got 2"),
+    "square-flag-string": ("default_to_square", "yes", "'default_to_square' must be true or false; got 'yes'"),
+    "convert-string": ("do_convert_rgb", "no", "'do_convert_rgb' must be true, false or null; got 'no'"),
+    "type-number": ("image_processor_type", 5, "'image_processor_type' must be a class name"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_bad_value_in_preprocessor_config_json(tmp_path, case):
+    field, value, words = BAD_SETTINGS[case]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "LlavaImageProcessor",
+                                                                   field: value}))  # fmt: skip
+    with pytest.raises(ValueError) as caught:
+        load_image_processor_config(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / 'preprocessor_config.json'}: image processor setting {words}")
+
+
+@pytest.mark.parametrize("case", ["crop-zero", "std-zero", "flag-string", "resample-name"])
+def test_bad_value_nested_in_processor_config_json(tmp_path, case):
+    field, value, words = BAD_SETTINGS[case]
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": {field: value}, "patch_size": 14}))
+    where = f"{tmp_path / 'processor_config.json'} ('image_processor'): image processor setting {words}"
+    with pytest.raises(ValueError, match=re.escape(where)):
+        load_image_processor_config(tmp_path)
+
+
+@pytest.mark.parametrize("entry", [[1, 2], "CLIPImageProcessor", 5])
+def test_image_processor_entry_that_is_not_an_object(tmp_path, entry):
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": entry}))
+    where = f"{tmp_path / 'processor_config.json'} ('image_processor'): the image processor settings must be a JSON"
+    with pytest.raises(ValueError, match=re.escape(where)):
+        load_image_processor_config(tmp_path)
+
+
+def test_bad_settings_in_code():
+    """The same checks when the settings come from code, not a file."""
+    with pytest.raises(ValueError, match=r"^image processor setting 'crop_size' must be two positive whole numbers"):
+        ImageProcessorConfig(crop_size=(0, 5))
+    with pytest.raises(ValueError, match=r"^image processor setting 'size' of 10000 x 10000 pixels is over"):
+        ImageProcessorConfig(size=10_000)
+    with pytest.raises(ValueError, match=r"^fuzzed: image processor setting 'image_std' must be 3 numbers > 0"):
+        image_processor_config_from_dict({"image_std": [1, 0, 1]}, "fuzzed")
+    with pytest.raises(ValueError, match=r"^image processor settings: the image processor settings must be a JSON"):
+        image_processor_config_from_dict(["size", 3])
+
+
+def test_null_flags_are_off_as_in_transformers():
+    config = image_processor_config_from_dict({"do_center_crop": None, "do_pad": None, "image_processor_type": None})
+    assert config.do_center_crop is False and config.do_pad is False and config.output_hw is None

@@ -4,11 +4,15 @@ LlavaImageProcessorPil for llava-1.5, SiglipImageProcessorPil for llava-interlea
 size, aspect and PIL mode; and bad input. The settings' file forms: test_image_processor_config.py. Pixel values
 are compared bit for bit (images.py)."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from minillava.loading.preprocess import (
+    MAX_IMAGE_PIXELS,
     ImageProcessorConfig,
     load_image,
     preprocess,
@@ -31,6 +35,7 @@ from .images import (
     ours,
     photo,
     photo_at,
+    png_with_size,
     reference,
     siglip_reference,
 )
@@ -330,6 +335,21 @@ def test_truncated_file(tmp_path):
         load_image(path)
 
 
+def test_jpeg_whose_exif_block_is_broken(tmp_path):
+    """A tag that must hold a number holding text (the date-time tag 0x0132 renumbered 0x0108, CellWidth): Pillow's
+    EXIF code raises struct.error while the orientation is applied. One ValueError naming the file."""
+    exif = Image.Exif()
+    exif[0x0112] = 8  # an orientation: the EXIF block is read to apply it
+    exif[0x0132] = "2024:01:01 00:00:00"
+    path = tmp_path / "broken_exif.jpg"
+    photo_at("coffee", (9, 7)).save(path, exif=exif)
+    data = path.read_bytes()
+    assert data.count(b"\x01\x32\x00\x02") == 1  # the date-time entry: tag 0x0132, type 2 (text), big-endian
+    path.write_bytes(data.replace(b"\x01\x32\x00\x02", b"\x01\x08\x00\x02"))
+    with pytest.raises(ValueError, match=r"broken_exif\.jpg: cannot decode image \(required argument is not an"):
+        load_image(path)
+
+
 def test_zero_sized_image(tmp_path):
     empty = Image.new("RGB", (0, 0))
     with pytest.raises(ValueError, match="zero-sized"):
@@ -364,3 +384,140 @@ def test_uncropped_images_of_different_sizes_cannot_stack():
     assert preprocess(photo_at("chelsea", (640, 480)), config).shape == (1, 3, 224, 298)
     with pytest.raises(ValueError, match="different sizes"):
         preprocess([photo_at("chelsea", (640, 480)), photo_at("chelsea", (480, 640))], config)
+
+
+def test_images_not_in_a_list():
+    with pytest.raises(TypeError, match="preprocess takes a PIL image, a path or a list of them, got generator"):
+        preprocess((photo("chelsea") for _ in range(2)), ImageProcessorConfig())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad input: sizes past the bound (MAX_IMAGE_PIXELS), refused before any pixel is decoded or resized
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_thin_png_whose_resize_is_too_large(tmp_path):
+    """A 1 KB PNG of 1 x 1,000,000 pixels: small to decode, but a shortest edge of 336 makes it 336 x 336,000,000
+    (339 GB); refused before the resize, naming the file and the sizes."""
+    path = tmp_path / "thin.png"
+    Image.new("L", (1_000_000, 1)).save(path)
+    assert path.stat().st_size < 5000
+    assert load_image(path).size == (1_000_000, 1)  # a million pixels: within the bound
+    with pytest.raises(ValueError, match=r"thin\.png resized to a shortest edge of 336: 336000000x336 is 112,896,"):
+        preprocess(path, ours(LLAVA))
+    image = Image.new("L", (2, 300_000))
+    with pytest.raises(ValueError, match=r"image 1 resized to a shortest edge of 336: 336x50400000"):
+        preprocess([photo("chelsea"), image], ours(LLAVA))
+    assert preprocess(image, ours(INTERLEAVE_TINY)).shape == (1, 3, 30, 30)  # an exact resize is small
+
+
+def test_thin_image_padded_to_a_square_too_large():
+    image = Image.new("RGB", (10_000, 1))
+    with pytest.raises(ValueError, match=r"image 0 padded to a square: 10000x10000 is 100,000,000 pixels"):
+        preprocess([image], ours(LLAVA, do_pad=True))
+
+
+@pytest.mark.parametrize("width, height", [(20_000, 20_000), (10_000, 9_000)], ids=["over-twice", "over"])
+def test_png_whose_header_claims_too_many_pixels(tmp_path, width, height):
+    """Pillow refuses a file of more than twice Image.MAX_IMAGE_PIXELS and warns about one of more than that: both
+    are our one error naming the file, raised from the header alone (the file holds 4 x 4 pixels)."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_with_size(width, height))
+    with pytest.raises(ValueError, match=r"bomb\.png: too many pixels, refused as a possible decompression bomb"):
+        load_image(path)
+    with pytest.raises(ValueError, match=r"bomb\.png"):
+        preprocess(str(path), ours(LLAVA))
+
+
+def test_png_whose_header_claims_too_many_pixels_without_pillows_limit(tmp_path, monkeypatch):
+    """Pillow's limit is global and may be switched off (Image.MAX_IMAGE_PIXELS = None); minillava's is not."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_with_size(20_000, 20_000))
+    bound = f"{MAX_IMAGE_PIXELS:,}"
+    with pytest.raises(ValueError, match=rf"bomb\.png: 20000x20000 is 400,000,000 pixels, over .* {bound}"):
+        load_image(path)
+
+
+def test_pil_image_over_the_pixel_bound():
+    image = Image.new("1", (9_500, 9_500))  # 90 megapixels in 90 MB: mode 1 holds a byte a pixel
+    with pytest.raises(ValueError, match=r"image: 9500x9500 is 90,250,000 pixels, over minillava's bound"):
+        load_image(image)
+    with pytest.raises(ValueError, match=r"9500x9500"):
+        preprocess([image], ours(LLAVA))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad input: paths that are not image files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_fifo_as_image(tmp_path):
+    """Opening a FIFO would wait for a writer forever: refused from its file type, before it is opened."""
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    with pytest.raises(ValueError, match=r"pipe\.png: not a regular file \(a FIFO, socket or device\)"):
+        load_image(path)
+
+
+def test_device_as_image():
+    with pytest.raises(ValueError, match=r"/dev/null: not a regular file"):
+        load_image("/dev/null")
+
+
+@pytest.mark.parametrize("name", ["a\x00b.png", "x\udb8e.png"], ids=["nul", "lone-surrogate"])
+def test_path_no_file_can_have(tmp_path, name):
+    with pytest.raises(ValueError, match="not a possible file name"):
+        load_image(str(tmp_path / name))
+
+
+def test_broken_link(tmp_path):
+    path = tmp_path / "link.png"
+    path.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError, match=r"link\.png: no such image file"):
+        load_image(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad input: PIL modes and transparency entries
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_every_pillow_mode_converts():
+    """Every mode Pillow can make goes to RGB: "La" (premultiplied alpha), which Pillow converts only to LA and
+    Transformers therefore not at all, through LA."""
+    for mode in ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
+                 "I;16", "I;16L", "I;16B", "I;16N", "F"]:  # fmt: skip
+        assert preprocess(Image.new(mode, (5, 3)), ours(DEFAULT)).shape == (1, 3, 224, 224), mode
+
+
+def test_mode_La_goes_through_LA():
+    la = in_mode("LA")
+    premultiplied = la.convert("La")
+    assert premultiplied.mode == "La"
+    assert_same(preprocess(premultiplied, ours(LLAVA)), preprocess(premultiplied.convert("LA"), ours(LLAVA)))
+    with pytest.raises(ValueError, match="conversion from La to L not supported"):
+        premultiplied.convert("RGB")  # what Transformers' convert_to_rgb meets
+
+
+@pytest.mark.parametrize(
+    "mode, transparency",
+    [("P", (1, 2, 3)), ("P", 300), ("L", "x"), ("RGB", 2**40), ("RGB", (1.5, 0, 0)), ("I;16", b"\x00\x10")],
+)
+def test_transparency_entry_that_does_not_fit_the_mode(mode, transparency):
+    image = Image.new(mode, (4, 4))
+    image.info["transparency"] = transparency
+    name = re.escape(mode)
+    with pytest.raises(ValueError, match=rf"image mode '{name}' with transparency .*: Pillow cannot convert"):
+        preprocess(image, ours(LLAVA))
+
+
+def test_pad_colour_of_a_mean_far_outside_0_1():
+    """Pillow clips a colour to 0..255 but overflows on one past 64 bits: the pad colour is clipped first."""
+    image = Image.new("RGB", (4, 2), (9, 9, 9))
+    config = ImageProcessorConfig(
+        do_pad=True, do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False,
+        image_mean=(1e30, -5.0, 0.5),
+    )  # fmt: skip
+    got = preprocess(image, config)[0]  # [3, 4, 4]
+    assert tuple(got[:, 0, 0]) == (255, 0, 127) and tuple(got[:, 1, 1]) == (9, 9, 9)

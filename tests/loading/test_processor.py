@@ -5,6 +5,7 @@ processor, Qwen's byte-level tokenizer) on real photographs in several sizes and
 test_chat_template.py."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -244,9 +245,10 @@ def test_bad_calls(folders, tmp_path):
     assert same["attention_mask"].all()
     with pytest.raises(ValueError, match="shape"):
         processor.decode([[1, 2]])
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match=r"\[0, 384\).*ids\[1\] is -1"):
         processor.decode([1, -1])
-    assert processor.decode([298, 999]) == processor.decode([298])  # past the vocabulary: nothing, as Transformers
+    # past the tokenizer's ids (382) but within the model's embedding (384 rows): nothing, as in Transformers
+    assert processor.decode([298, 383]) == processor.decode([298])
 
 
 def test_bad_folders(folders, tmp_path):
@@ -264,6 +266,107 @@ def test_bad_folders(folders, tmp_path):
     assert processor.pad_token_id is None
     with pytest.raises(ValueError, match="no pad token"):
         processor(text=["short", "a longer prompt"])
+
+
+@pytest.mark.parametrize("content", ["{not json", "", "{}", "[]", '{"model": 5}'])
+def test_corrupt_or_empty_tokenizer_json(folders, tmp_path, content):
+    """The tokenizers library raises a bare Exception naming no file: one ValueError naming tokenizer.json."""
+    folder = shutil.copytree(folders["llama"], tmp_path / "broken")
+    (folder / "tokenizer.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'tokenizer.json'))}: not a tokenizer the"):
+        load_processor(folder)
+
+
+BAD_PROCESSOR_FIELDS = {  # id: (field, value, words of the message)
+    "patch-list": ("patch_size", [14], "'patch_size' must be a positive int (pixels); got [14]"),
+    "patch-zero": ("patch_size", 0, "'patch_size' must be a positive int (pixels); got 0"),
+    "patch-true": ("patch_size", True, "'patch_size' must be a positive int (pixels); got True"),
+    "strategy": ("vision_feature_select_strategy", "cls", "'vision_feature_select_strategy' must be one of"),
+    "extra-negative": ("num_additional_image_tokens", -5, "'num_additional_image_tokens' must be 0 or 1"),
+    "extra-string": ("num_additional_image_tokens", "a", "'num_additional_image_tokens' must be 0 or 1"),
+    "extra-many": ("num_additional_image_tokens", 10**9, "'num_additional_image_tokens' must be 0 or 1"),
+    "token-empty": ("image_token", "", "'image_token' must be a non-empty string; got ''"),
+    "token-number": ("image_token", 5, "'image_token' must be a non-empty string; got 5"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PROCESSOR_FIELDS)
+def test_bad_value_in_processor_config_json(folders, tmp_path, case):
+    field, value, words = BAD_PROCESSOR_FIELDS[case]
+    folder = shutil.copytree(folders["llama"], tmp_path / "bad")
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'processor_config.json'}: {words}")):
+        load_processor(folder)
+
+
+def test_patch_size_larger_than_the_image(folders, tmp_path):
+    """28 x 28 pixels in patches of 29: no patch, no image token; the <image> markers would vanish."""
+    folder = shutil.copytree(folders["llama"], tmp_path / "big_patch")
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps({**config, "patch_size": 29}))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: a preprocessed image of 28x28 pixels makes 0"):
+        load_processor(folder)
+
+
+def test_image_token_missing_from_the_tokenizer(folders, tmp_path):
+    folder = shutil.copytree(folders["llama"], tmp_path / "other_token")
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps({**config, "image_token": "<img>"}))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: the image token '<img>' is not in the"):
+        load_processor(folder)
+
+
+def test_lone_surrogate_in_the_text(folders):
+    """Half of a UTF-16 pair (a broken JSON escape gives one) is no character: the tokenizer would raise a TypeError
+    naming nothing."""
+    processor = load_processor(folders["llama"])
+    with pytest.raises(ValueError, match=r"text\[1\] holds the lone surrogate '\\ud800' at position 4"):
+        processor(text=["fine", "bad \ud800 here"])
+    with pytest.raises(ValueError, match=r"text\[0\] holds the lone surrogate '\\udcff' at position 0"):
+        processor(text="\udcff")
+    conversation = [{"role": "user", "content": "x \udc80"}, {"role": "assistant", "content": "y"}]
+    with pytest.raises(ValueError, match=r"conversations\[0\] holds the lone surrogate '\\udc80'"):
+        processor.training_inputs(conversation)
+
+
+@pytest.mark.parametrize("ids, where", [([5, 2**40], "ids[1] is 1099511627776"), ([10**6], "ids[0] is 1000000"),
+                                        ([3, 384], "ids[1] is 384"), (np.array([2**63], np.uint64), "ids[0] is 2**63"),
+                                        (-1, "ids[0] is -1")])  # fmt: skip
+def test_decode_ids_outside_the_vocabulary(folders, ids, where):
+    """The tiny model's embedding has 384 rows (the tokenizer 382 ids): ids past it are no token of it."""
+    processor = load_processor(folders["llama"])
+    assert processor.vocab_size == 384
+    where = where.replace("2**63", str(2**63))
+    with pytest.raises(ValueError, match=re.escape(f"token ids must lie in [0, 384) (the vocabulary), but {where}")):
+        processor.decode(ids)
+    with pytest.raises(ValueError, match=re.escape(where)):
+        processor.batch_decode([[1, 2], np.atleast_1d(ids).tolist()])
+
+
+def test_decode_and_batch_decode_of_the_wrong_shapes(folders):
+    processor = load_processor(folders["llama"])
+    with pytest.raises(ValueError, match="decode takes one row of token ids; use batch_decode"):
+        processor.decode([[1, 2], [3]])
+    with pytest.raises(ValueError, match="token ids must be integers, got dtype float64"):
+        processor.decode([1.5])
+    with pytest.raises(TypeError, match=r"batch_decode takes ids \[B, T\] .* got int"):
+        processor.batch_decode(7)
+
+
+def test_padding_arguments_of_other_types(folders):
+    processor = load_processor(folders["llama"])
+    with pytest.raises(ValueError, match=r"padding must be True, False, 'longest' or 'do_not_pad', got array"):
+        processor(text="x", padding=np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"padding_side must be 'left' or 'right', got \['left'\]"):
+        processor(text="x", padding_side=["left"])
+
+
+def test_chat_template_jinja_that_is_not_utf8(folders, tmp_path):
+    folder = shutil.copytree(folders["llama"], tmp_path / "latin1")
+    (folder / "chat_template.jinja").write_bytes(b"\xff\xfe{{ messages }}")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'chat_template.jinja'))}: not UTF-8 text"):
+        load_processor(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------

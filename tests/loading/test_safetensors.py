@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -72,6 +73,7 @@ BF16_SPECIALS = {
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # bf16 max -> float16 is inf, as in torch
+@pytest.mark.filterwarnings("ignore::minillava.loading.weights.NonFiniteWeightsWarning")  # NaN and inf on purpose
 def test_bfloat16_special_values(tmp_path):
     bits = np.array(list(BF16_SPECIALS), dtype=np.uint16)
     raw_safetensors(
@@ -185,4 +187,59 @@ def test_data_must_be_covered_exactly(tmp_path):
 def test_a_dtype_that_is_not_a_string(tmp_path):
     raw_safetensors(tmp_path / "model.safetensors", {KEY: (["F32"], (4,), bytes(16))})
     with pytest.raises(ValueError, match=rf"tensor '{KEY}': unknown or unsupported dtype \['F32'\]"):
+        load_weights(tmp_path)
+
+
+def test_header_length_over_the_formats_limit(tmp_path):
+    """A corrupt length field must not make the reader take gigabytes as JSON: the reference reader's limit is
+    100 MB, checked before anything is read."""
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}" + bytes(64))
+    with pytest.raises(ValueError, match=r"model\.safetensors: header length 1099511627776 is over the format's limit"):
+        load_weights(tmp_path)
+
+
+def test_header_nested_thousands_deep(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(deep)) + deep)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the safetensors header is JSON nested too deeply"):
+        load_weights(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "shape, offsets, words",
+    [
+        ([True, 4], [0, 16], r"shape must be a list of at most 64 non-negative integers, got \[True, 4\]"),
+        (
+            [1] * 65,
+            [0, 4],
+            r"shape must be a list of at most 64 non-negative integers, got \[1, 1, 1, 1, 1, 1, \.\.\.\]",
+        ),
+        ([4], [False, 16], r"data_offsets must be \[begin, end\], begin <= end, got \[False, 16\]"),
+        ([4], [-16, 0], r"data_offsets must be \[begin, end\], begin <= end, got \[-16, 0\]"),
+    ],
+    ids=["true-in-shape", "65-dimensions", "false-offset", "negative-offset"],
+)
+def test_shape_and_offsets_that_are_not_counts(tmp_path, shape, offsets, words):
+    """JSON's true and false are Python ints; a NumPy array holds at most 64 dimensions."""
+    header = {KEY: {"dtype": "F32", "shape": shape, "data_offsets": offsets}}
+    _write(tmp_path / "model.safetensors", header, bytes(16))
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{KEY}': {words}"):
+        load_weights(tmp_path)
+
+
+def test_a_huge_header_entry_is_shortened_in_the_message(tmp_path):
+    header = {KEY: {"dtype": "F32", "shape": list(range(10_000))}}  # no data_offsets
+    _write(tmp_path / "model.safetensors", header, b"")
+    with pytest.raises(ValueError, match=r"header entry must have dtype, shape and data_offsets") as caught:
+        load_weights(tmp_path)
+    assert len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize("dtype, shape", [("F32", [0, 2**62]), ("U8", [2**61, 0])])
+def test_empty_tensor_with_a_dimension_too_large_for_any_array(tmp_path, dtype, shape):
+    """A shape with a zero holds no bytes, so its offsets fit; but NumPy cannot make the array, nor its cast to
+    float32 (2**61 items of 4 bytes are more than NumPy's 2**63)."""
+    header = {KEY: {"dtype": dtype, "shape": shape, "data_offsets": [0, 0]}}
+    _write(tmp_path / "model.safetensors", header, b"")
+    with pytest.raises(ValueError, match=rf"tensor '{KEY}': shape {re.escape(str(shape))} is too large for any array"):
         load_weights(tmp_path)
