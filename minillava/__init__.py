@@ -17,12 +17,33 @@ The package has four parts, and the arrows between them run one way:
     cli.py     the command line                                   (imports the others)
 """
 
-from .loading.checkpoint import load_model
-from .loading.config import load_config
-from .loading.processor import LlavaProcessor, load_processor
-from .model.config import LlavaConfig
-from .model.kv_cache import KVCache
-from .model.llava import LlavaModel
+from importlib import import_module
 
-__all__ = ["KVCache", "LlavaConfig", "LlavaModel", "LlavaProcessor", "load_config", "load_model", "load_processor"]
 __version__ = "0.1.0"
+
+# The public names and the modules that define them. They are imported on first use (a module-level __getattr__,
+# PEP 562), so that `import minillava` costs nothing until a name is used: the command line then answers --help,
+# a bad flag or Ctrl-C at once, before NumPy, Pillow and tokenizers load. The first use of any name imports all of
+# them, exactly what a plain list of `from ... import ...` lines here would do.
+PUBLIC = {
+    "KVCache": "minillava.model.kv_cache",
+    "LlavaConfig": "minillava.model.config",
+    "LlavaModel": "minillava.model.llava",
+    "LlavaProcessor": "minillava.loading.processor",
+    "load_config": "minillava.loading.config",
+    "load_model": "minillava.loading.checkpoint",
+    "load_processor": "minillava.loading.processor",
+}
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name: str):
+    for public, module in PUBLIC.items():  # also makes minillava.model, minillava.loading, ... attributes
+        globals()[public] = getattr(import_module(module), public)
+    if name not in globals():
+        raise AttributeError(f"module 'minillava' has no attribute {name!r}")
+    return globals()[name]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

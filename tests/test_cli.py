@@ -377,3 +377,20 @@ def test_a_question_that_is_not_valid_text(folder, picture, capsys):
     assert cli.main(["--model", str(folder), "--image", str(picture), "-q", "what \udcff is it"]) == 1
     err = capsys.readouterr().err
     assert err == "minillava: --question: not valid text at character 5 (is the terminal's encoding UTF-8?)\n"
+
+
+def test_ctrl_c_while_the_command_line_is_imported(monkeypatch, capsys):
+    """The command starts in __main__.py, which imports cli.py (NumPy, Pillow, tokenizers) under its own Ctrl-C
+    handler; and `import minillava` imports nothing heavy, so the window before it is Python's own start-up."""
+    from minillava import __main__ as entry
+
+    class Interrupted:
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "minillava.cli", Interrupted())
+    assert entry.main(["--image", "x.png"]) == 130
+    assert capsys.readouterr().err.strip() == "minillava: interrupted"
+    probe = "import sys, minillava; print(sorted(m for m in ('numpy', 'PIL', 'tokenizers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "[]\n"
