@@ -15,10 +15,17 @@ keeps that, to reproduce Transformers exactly).
 
 from __future__ import annotations
 
+import os
 import re
 import reprlib
 
+from PIL import Image
+
 ROLES = ("system", "user", "assistant")
+# Where an image part holds its picture, as Transformers' processor reads it when apply_chat_template tokenizes
+# (ProcessorMixin._multimodal_inputs_from_conversations): a PIL image or a path under "image", a path under "path",
+# a URL under "url". (Transformers also reads "base64"; minillava does not.)
+IMAGE_SOURCE_KEYS = ("image", "path", "url")
 
 # The chat template of llava-hf/llava-1.5-7b-hf (chat_template.json; Transformers' own test
 # tests/models/llava/test_processing_llava.py quotes it). Rendered natively by `render_llava_15`.
@@ -141,6 +148,43 @@ def render_jinja(chat_template: str, conversation, add_generation_prompt: bool =
         # A template is a program: whatever it raises on a conversation it does not expect (its own
         # raise_exception, adding a string to a list, a structure nested too deep to print) is its refusal of it.
         raise ValueError(f"the chat template cannot render this conversation ({type(err).__name__}: {err})") from None
+
+
+def conversation_images(conversation, name: str = "conversation") -> list:
+    """The pictures a conversation's image parts carry, in the order their <image> markers appear in its prompt
+    (message by message, and in each message in the order of its parts: the templates write a message's images
+    first, in order): each a PIL image, a path or an http(s) URL, from {"type": "image", "image" | "path" | "url":
+    ...} or OpenAI-style {"type": "image_url", "image_url": {"url": ...}}. Transformers' processor reads them so
+    when ``apply_chat_template(..., tokenize=True)``. An image part with no picture, or with two, is a ValueError
+    naming it (`name` is how the caller calls the conversation)."""
+    images = []
+    for i, message in enumerate(_check_conversation(conversation, known_roles_only=False)):
+        if isinstance(message["content"], str):  # text only
+            continue
+        for j, part in enumerate(message["content"]):
+            part = _from_image_url(part)
+            if not isinstance(part, dict) or part.get("type") != "image":
+                continue
+            where = f"{name}[{i}]['content'][{j}]"
+            if part.get("base64") is not None:
+                raise ValueError(
+                    f"{where}: minillava does not read 'base64' images; decode it "
+                    "(PIL.Image.open(io.BytesIO(base64.b64decode(data)))) and give the PIL image as 'image'"
+                )
+            keys = [key for key in IMAGE_SOURCE_KEYS if part.get(key) is not None]
+            if len(keys) != 1:  # none: nothing to tokenize with; two: Transformers would take both, one image too many
+                raise ValueError(
+                    f"{where} is an image part with {'no picture' if not keys else 'both ' + ' and '.join(keys)}: "
+                    "to tokenize, give one as {'type': 'image', 'image': <PIL image or path>} (or 'path', 'url'); "
+                    "or render the prompt with tokenize=False and give the images to processor(images=..., text=...)"
+                )
+            source = part[keys[0]]
+            if not isinstance(source, (Image.Image, str, os.PathLike)):
+                raise TypeError(
+                    f"{where}[{keys[0]!r}] must be a PIL image, a path or a URL, got {type(source).__name__}"
+                )
+            images.append(source)
+    return images
 
 
 def is_llava_15_template(chat_template: str) -> bool:

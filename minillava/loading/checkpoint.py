@@ -29,6 +29,18 @@ from .weights import expected_shapes, file_dtypes, load_weights
 
 QUANTIZE_CHOICES = FORMATS  # "int8", "int4", "nf4": weight-only quantization of the language model's linear layers
 
+# from_pretrained's keywords a Transformers user brings along, and what to write instead (each refused by name).
+TRANSFORMERS_KEYWORDS = {
+    "torch_dtype": "dtype='float32' (the CPU's reference) or 'float16'",
+    "device_map": "device='cpu' or 'cuda' (minillava runs on one device)",
+    "low_cpu_mem_usage": "low_memory=True (weights kept in the file's dtype, memory-mapped)",
+    "load_in_8bit": "quantize='int8'",
+    "load_in_4bit": "quantize='nf4' (or 'int4')",
+    "quantization_config": "quantize='int8', 'int4' or 'nf4'",
+    "trust_remote_code": "nothing: minillava runs no code from a checkpoint",
+    "revision": "a local folder (download the revision you want with huggingface-cli)",
+}
+
 
 def load_model(
     path=None,
@@ -43,6 +55,7 @@ def load_model(
     blocked_matmul: bool = False,
     threads: int | None = None,
     strict: bool = False,
+    **transformers_keywords,
 ) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
     path, the small demo model bundled with minillava (minillava/demo, trained by tools/train_demo.py).
@@ -65,6 +78,12 @@ def load_model(
     weights are read. strict: weights holding NaN or infinite values are an error instead of a warning
     (``NonFiniteWeightsWarning``), and memory-mapped weights are scanned for them too (loading/weights.py).
     """
+    for name in transformers_keywords:
+        instead = TRANSFORMERS_KEYWORDS.get(name)
+        raise TypeError(
+            f"load_model() got an unexpected keyword argument {name!r}"
+            + (f": from_pretrained's keyword; in minillava, write {instead}" if instead else "")
+        )
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
     if quantize is not None and quantize not in QUANTIZE_CHOICES:

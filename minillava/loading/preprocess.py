@@ -28,6 +28,7 @@ S the shortest-edge size; Hc, Wc the crop size (the resize size when there is no
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
@@ -60,6 +61,11 @@ PROCESSOR_CONFIG = "processor_config.json"  # the whole processor, image process
 # RGB), past which Pillow warns about a file: photographs of up to 89 megapixels (12,000 x 7,400) pass, and one image
 # at the bound costs a few GB on its way through (an uncropped resize is rescaled in float64, 24 bytes a pixel).
 MAX_IMAGE_PIXELS = 89_478_485
+# Image URLs (Transformers' load_image fetches these two schemes): how long to wait for an answer, and the most bytes
+# read, a bound like MAX_IMAGE_PIXELS's (a PNG of MAX_IMAGE_PIXELS is at most ~256 MB, a photograph a few MB).
+URL_SCHEMES = ("http://", "https://")
+URL_TIMEOUT_S = 30
+MAX_DOWNLOAD_BYTES = 256 * 2**20
 # The codes of PIL's resampling filters (Image.Resampling): 0 nearest, 1 Lanczos, 2 bilinear, 3 bicubic, 4 box,
 # 5 Hamming, and in newer Pillows more.
 RESAMPLE_CODES = tuple(sorted(int(code) for code in Image.Resampling))
@@ -311,15 +317,20 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     `load_image` to PIL inputs, so a photo opened with `Image.open` keeps its stored (unrotated) pixels there,
     and must here too for pixel_values to be equal. Call `ImageOps.exif_transpose` yourself if you want it.
 
+    An http:// or https:// URL is fetched (``fetch_url``) and decoded as a file is: Transformers' `load_image`
+    takes URLs too.
+
     Either is refused with a ValueError when it has no pixels or more than MAX_IMAGE_PIXELS; a file before it is
     decoded (its header gives the size), and whatever Pillow cannot decode is a ValueError naming the file.
-    Only local regular files: no URLs or base64 strings (Transformers accepts those), no FIFOs or devices.
+    Local regular files and URLs: no base64 strings (Transformers accepts those), no FIFOs or devices.
     """
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, "image")
         return source
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"load_image takes a path or a PIL image, got {type(source).__name__}")
+        raise TypeError(f"load_image takes a path, a URL or a PIL image, got {type(source).__name__}")
+    if isinstance(source, str) and source.startswith(URL_SCHEMES):
+        return _decode(io.BytesIO(fetch_url(source)), source)
     path = Path(source)
     try:
         mode = path.stat().st_mode
@@ -333,26 +344,56 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
         raise IsADirectoryError(f"{path}: is a directory, not an image file")
     if not stat.S_ISREG(mode):  # opening a FIFO would wait for a writer forever; a device may never end
         raise ValueError(f"{path}: not a regular file (a FIFO, socket or device), so not an image file")
+    return _decode(path, str(path))
+
+
+def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
+    """Decode an image file (a path, or the bytes fetched from a URL) into an RGB image, EXIF orientation applied;
+    `name` (the path or URL) is named in its errors."""
     try:
         with warnings.catch_warnings():
             # Pillow warns about a file of more than Image.MAX_IMAGE_PIXELS pixels and refuses one of twice that
             # (a possible decompression bomb); both become our error
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(file) as opened:
                 width, height = opened.size  # from the header
                 if 0 < width * height <= MAX_IMAGE_PIXELS:  # only an image within the bound is decoded
                     image = ImageOps.exif_transpose(opened).convert("RGB")  # decodes the whole file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{path}: too many pixels, refused as a possible decompression bomb ({err})") from None
+        raise ValueError(f"{name}: too many pixels, refused as a possible decompression bomb ({err})") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read") from None
+        raise ValueError(f"{name}: not an image Pillow can read") from None
     except PermissionError as err:
-        raise ValueError(f"{path}: cannot read the image file ({err.strerror})") from None
+        raise ValueError(f"{name}: cannot read the image file ({err.strerror})") from None
     except Exception as err:  # corrupt data surfaces while decoding, as whatever Pillow's plugin for the format
         # raises: OSError for a truncated file, struct.error or TypeError for a broken EXIF block, SyntaxError, ...
-        raise ValueError(f"{path}: cannot decode image ({err or type(err).__name__})") from None
-    _check_pixels(width, height, str(path))  # the error for an image not decoded above
+        raise ValueError(f"{name}: cannot decode image ({err or type(err).__name__})") from None
+    _check_pixels(width, height, name)  # the error for an image not decoded above
     return image
+
+
+def fetch_url(url: str) -> bytes:
+    """The bytes at an http:// or https:// URL, read with the standard library (urllib), as Transformers'
+    `load_image` fetches an image URL (with httpx). Only where this machine can reach the URL: no network, an
+    unknown host, a refused connection or a timeout (URL_TIMEOUT_S) is a ConnectionError naming the URL and what
+    to give instead; an error status from the server, or more than MAX_DOWNLOAD_BYTES, a ValueError."""
+    import urllib.error  # (imported here: only a URL needs them)
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)  # one byte more than allowed tells a file that is too big
+    except urllib.error.HTTPError as err:  # the server answered, with an error status (an OSError too: caught first)
+        raise ValueError(f"{url}: the server answered HTTP {err.code} ({err.reason}), not an image") from None
+    except (urllib.error.URLError, OSError) as err:  # no answer at all
+        reason = err.reason if isinstance(err, urllib.error.URLError) else err
+        raise ConnectionError(
+            f"{url}: cannot fetch the image ({reason}); minillava fetches image URLs only where this machine can "
+            "reach them: download the picture and give its path or a PIL image instead"
+        ) from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ValueError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes, too large for an image file")
+    return data
 
 
 def _check_pixels(width: int, height: int, name: str) -> None:
@@ -505,7 +546,7 @@ def preprocess_one(image: Image.Image, config: ImageProcessorConfig) -> np.ndarr
 def preprocess(images, config: ImageProcessorConfig) -> np.ndarray:
     """A PIL image, a path, or a list of them -> pixel_values [N, 3, Hc, Wc] float32.
 
-    Paths go through `load_image` (EXIF applied, as Transformers does for paths); PIL images are used as given.
+    Paths and URLs go through `load_image` (EXIF applied, as Transformers does for them); PIL images are used as given.
     Every image is loaded and its size checked (`check_image_size`) before any is preprocessed.
     With do_rescale and do_normalize both off, the values are the uint8 pixels as float32.
     """

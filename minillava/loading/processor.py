@@ -27,7 +27,11 @@ and ProcessorMixin in processing_utils.py), with these findings:
   count 0 extra tokens, one too few for a CLIP model.
 - Padding: Transformers pads on tokenizer_config.json's ``padding_side`` (default right). Batched
   generation needs left padding, so ``load_processor`` pads left unless told otherwise
-  (``padding_side=None`` follows tokenizer_config.json).
+  (``padding_side=None`` follows tokenizer_config.json). As in Transformers, the side is the tokenizer's:
+  ``processor.tokenizer.padding_side = "left"`` (the documentation's advice) and ``processor.padding_side`` set
+  the same value (``ProcessorTokenizer``).
+- Tensors: minillava returns NumPy arrays; ``return_tensors`` takes "np" or None, and refuses "pt" and the others
+  with a message that says so.
 - Chat template: processor_config.json's "chat_template" key, else chat_template.json, else
   chat_template.jinja (the .json wins over the .jinja, as in Transformers), else tokenizer_config.json's
   "chat_template" (Transformers' processor has no template then; its tokenizer would use this one).
@@ -53,26 +57,82 @@ from ..demo import demo_folder
 from ..model.clip import FEATURE_SELECT_STRATEGIES
 from ..model.training import IGNORE_INDEX
 from . import preprocess as image_preprocess
-from .chat_template import native_renderer, render_jinja
+from .chat_template import conversation_images, native_renderer, render_jinja
 from .config import load_config
 from .files import read_json
 
 IMAGE_TOKEN = "<image>"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PADDING_SIDES = ("left", "right")
+# return_tensors: minillava returns NumPy arrays, which Transformers calls "np"; None (left out) means the same.
+# These name a framework minillava does not import: torch ("pt"), TensorFlow ("tf"), JAX ("jax"), MLX ("mlx").
+OTHER_TENSOR_TYPES = ("pt", "tf", "jax", "mlx")
+
+
+class ProcessorTokenizer:
+    """``processor.tokenizer``: the folder's ``tokenizers.Tokenizer``, with the one setting Transformers users
+    set on a processor's tokenizer, ``padding_side``.
+
+    Transformers' documentation for LLaVA advises ``processor.tokenizer.padding_side = "left"`` before batched
+    generation. A ``tokenizers.Tokenizer`` would take that attribute and ignore it, so the processor's tokenizer
+    is this thin wrapper: ``padding_side`` ("left" or "right", checked when set) is where the processor reads its
+    side (``processor.padding_side`` is the same value), every other attribute and method is the Tokenizer's
+    (``encode``, ``decode``, ``token_to_id``, ...), and setting any other attribute is an AttributeError rather
+    than a setting silently ignored. ``backend`` is the ``tokenizers.Tokenizer`` itself.
+    """
+
+    def __init__(self, backend: Tokenizer, padding_side: str = "left"):
+        object.__setattr__(self, "backend", backend)  # (our __setattr__ takes padding_side only)
+        self.padding_side = padding_side
+
+    @property
+    def padding_side(self) -> str:
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        object.__setattr__(self, "_padding_side", _check_padding_side(side, "padding_side"))
+
+    def __getattr__(self, name):
+        """Called only for names the wrapper lacks: the Tokenizer's attributes and methods."""
+        if name == "backend":  # not set yet (a copy being built): no Tokenizer to ask, and no endless recursion
+            raise AttributeError(name)
+        try:
+            return getattr(self.backend, name)
+        except AttributeError:
+            hint = f"; the processor has it: processor.{name}" if name in _ON_THE_PROCESSOR else ""
+            raise AttributeError(
+                f"processor.tokenizer (a tokenizers.Tokenizer) has no attribute {name!r}{hint}"
+            ) from None
+
+    def __setattr__(self, name, value):
+        if name != "padding_side":
+            raise AttributeError(
+                f"processor.tokenizer.{name} cannot be set: minillava's tokenizer is tokenizer.json's "
+                "tokenizers.Tokenizer, and of Transformers' tokenizer settings it takes padding_side only"
+            )
+        object.__setattr__(self, name, value)  # through the property, which checks it
+
+
+# What Transformers users read on processor.tokenizer and minillava keeps on the processor (named in the error).
+_ON_THE_PROCESSOR = frozenset(
+    f"{name}_token{suffix}" for name in ("bos", "eos", "pad", "unk") for suffix in ("", "_id")
+) | {"chat_template", "vocab_size", "batch_decode", "apply_chat_template"}
 
 
 class LlavaProcessor:
     """Turns conversations, prompts and images into model inputs, and generated ids back into text.
 
-    tokenizer: a ``tokenizers.Tokenizer`` (the folder's tokenizer.json);
+    tokenizer: a ``tokenizers.Tokenizer`` (the folder's tokenizer.json), kept as ``ProcessorTokenizer``, which
+    adds ``padding_side``;
     image_processor_config: ``preprocess.ImageProcessorConfig``;
     chat_template: the Jinja template text, or None;
     image_token / image_token_id: the placeholder ("<image>") and its id;
     patch_size, vision_feature_select_strategy, num_additional_image_tokens: how many image tokens an image
     takes (see ``image_token_count``); num_image_tokens: that count for an image of the preprocessed size;
     bos/eos/pad/unk_token(_id): the tokenizer's special tokens (None where the folder names none);
-    padding_side: "left" or "right", the default for ``__call__``;
+    padding_side: "left" or "right", the default for ``__call__``; kept on the tokenizer, as Transformers keeps it
+    (``processor.padding_side`` and ``processor.tokenizer.padding_side`` are one value);
     vocab_size: the ids ``decode`` takes are 0 .. vocab_size - 1 (default: the tokenizer's; ``load_processor``
     takes the larger of it and the model's, whose embedding has padding rows past the tokenizer's ids);
     folder: the checkpoint folder it was read from (None when built in code), named in its errors.
@@ -92,7 +152,9 @@ class LlavaProcessor:
         vocab_size: int | None = None,
         folder: Path | None = None,
     ):
-        self.tokenizer = tokenizer
+        if isinstance(tokenizer, ProcessorTokenizer):
+            tokenizer = tokenizer.backend
+        self.tokenizer = ProcessorTokenizer(tokenizer, padding_side)
         self.folder = folder
         self.image_processor_config = image_processor_config
         self.chat_template = chat_template
@@ -123,7 +185,6 @@ class LlavaProcessor:
             token = special_tokens.get(f"{name}_token")
             setattr(self, f"{name}_token", token)
             setattr(self, f"{name}_token_id", None if token is None else tokenizer.token_to_id(token))
-        self.padding_side = _check_padding_side(padding_side, "padding_side")
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True) if vocab_size is None else vocab_size
         if not _is_positive_int(self.vocab_size):
             raise ValueError(f"vocab_size must be a positive int, got {reprlib.repr(vocab_size)}")
@@ -133,6 +194,15 @@ class LlavaProcessor:
         self.byte_token_ids = frozenset(
             i for token, i in tokenizer.get_vocab(with_added_tokens=False).items() if _BYTE_TOKEN.fullmatch(token)
         )
+
+    @property
+    def padding_side(self) -> str:
+        """The side ``__call__`` pads on by default: the tokenizer's, as in Transformers."""
+        return self.tokenizer.padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        self.tokenizer.padding_side = side
 
     # -- image tokens ---------------------------------------------------------------------------------
 
@@ -160,25 +230,67 @@ class LlavaProcessor:
 
     # -- chat template --------------------------------------------------------------------------------
 
-    def apply_chat_template(self, conversation, add_generation_prompt: bool = False, use_jinja: bool = False):
+    def apply_chat_template(
+        self,
+        conversation,
+        add_generation_prompt: bool = False,
+        use_jinja: bool = False,
+        *,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = None,
+        padding=True,
+        padding_side: str | None = None,
+    ):
         """Render a conversation (a list of {"role", "content"} messages) into a prompt string.
 
         A batch (a list of conversations) gives a list of prompts. The llava-1.5 and llava-interleave templates
         are rendered by ``render_llava_15`` and ``render_llava_interleave``; any other template, or
         ``use_jinja=True``, by ``render_jinja``, which reproduces Transformers exactly (including its quirks, such
         as both templates dropping string content).
+
+        tokenize=True goes on to the model's inputs, as Transformers' ``ProcessorMixin.apply_chat_template``
+        does: the pictures come from the conversation's image parts ({"type": "image", "image": <PIL image or
+        path>}, or "path", or "url": ``chat_template.conversation_images``) and the prompts and pictures go
+        through ``__call__`` (``padding``, ``padding_side``, ``return_tensors`` as there), without a second BOS
+        when the template writes one. The result is the inputs dict with return_dict=True, else input_ids [B, T]
+        alone (also for one conversation, as Transformers).
         """
+        if not isinstance(tokenize, bool) or not isinstance(return_dict, bool):
+            raise ValueError(f"tokenize and return_dict must be True or False, got {tokenize!r} and {return_dict!r}")
+        _check_return_tensors(return_tensors)
+        if not tokenize and (return_dict or return_tensors is not None):  # Transformers would return the string
+            raise ValueError(
+                "return_dict and return_tensors describe token ids, but tokenize is False (the prompt is a string): "
+                "pass tokenize=True, or leave them out"
+            )
         if self.chat_template is None:
             raise ValueError(
                 f"{self.folder or 'this processor'}: no chat template (looked for processor_config.json's "
                 "'chat_template', chat_template.json, chat_template.jinja and tokenizer_config.json's "
                 "'chat_template'); write the prompt yourself, or set processor.chat_template"
             )
-        if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
-            # a batch: one level only, each item a conversation (so a list nested 5000 deep is one bad message,
-            # not 5000 calls)
-            return [self._render(c, add_generation_prompt, use_jinja) for c in conversation]
-        return self._render(conversation, add_generation_prompt, use_jinja)
+        batched = (
+            isinstance(conversation, (list, tuple))
+            and bool(conversation)
+            and isinstance(conversation[0], (list, tuple))
+        )
+        # a batch: one level only, each item a conversation (so a list nested 5000 deep is one bad message, not
+        # 5000 calls)
+        conversations = conversation if batched else [conversation]
+        prompts = [self._render(c, add_generation_prompt, use_jinja) for c in conversations]
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        name = "conversations[{}]" if batched else "conversation"
+        images = [conversation_images(c, name.format(i)) for i, c in enumerate(conversations)]  # one list per prompt
+        # The processor adds tokenizer.json's special tokens (llava-1.5's <s>) to a prompt, unless the template has
+        # written the BOS itself: then Transformers does not add it again, and neither do we.
+        written_bos = self.bos_token is not None and prompts[0].startswith(self.bos_token)
+        side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
+        inputs = self._encode(
+            images if any(images) else None, prompts, padding, side, add_special_tokens=not written_bos
+        )
+        return inputs if return_dict else inputs["input_ids"]
 
     def _render(self, conversation, add_generation_prompt: bool, use_jinja: bool) -> str:
         native = None if use_jinja else native_renderer(self.chat_template)
@@ -196,22 +308,33 @@ class LlavaProcessor:
 
     # -- encoding -------------------------------------------------------------------------------------
 
-    def __call__(self, images=None, text=None, padding=True, padding_side: str | None = None) -> dict[str, np.ndarray]:
+    def __call__(
+        self, images=None, text=None, padding=True, padding_side: str | None = None, return_tensors: str | None = None
+    ) -> dict[str, np.ndarray]:
         """Prompts (and their images) -> {"input_ids" [B, T] int64, "attention_mask" [B, T] int64,
         "pixel_values" [N, 3, H, W] float32 (only with images)}.
 
         text: a prompt or a list of prompts, each "<image>" marking where an image goes;
-        images: a PIL image or path, or a list of them (or one list per prompt), in the order of the markers;
+        images: a PIL image, a path or an http(s) URL, or a list of them (or one list per prompt), in the order of
+        the markers;
         padding: True (or "longest") pads every row to the longest on ``padding_side`` (default: the
-        processor's); False requires rows of equal length (Transformers would return ragged lists).
+        processor's); False requires rows of equal length (Transformers would return ragged lists);
+        return_tensors: "np" or None, both NumPy arrays (Transformers' "pt" and the others are refused: minillava
+        imports no framework).
         """
+        _check_return_tensors(return_tensors)
+        side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
+        return self._encode(images, text, padding, side, add_special_tokens=True)
+
+    def _encode(self, images, text, padding, side: str, add_special_tokens: bool) -> dict[str, np.ndarray]:
+        """``__call__``'s work, for it and for ``apply_chat_template(tokenize=True)``, which may leave out the
+        special tokens (a prompt whose template wrote the BOS)."""
         if images is None and text is None:
             raise ValueError("give text (a prompt or a list of prompts), images, or both")
         prompts = None if text is None else _as_prompts(text)
         image_list = None if images is None else _as_image_list(images)
         if not isinstance(padding, (bool, str)) or padding not in (True, False, "longest", "do_not_pad"):
             raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad', got {reprlib.repr(padding)}")
-        side = self.padding_side if padding_side is None else _check_padding_side(padding_side, "padding_side")
         nested = isinstance(images, (list, tuple)) and any(isinstance(item, (list, tuple)) for item in images)
         if prompts is not None and nested:  # one list of images per prompt: each prompt's count must match its own
             if len(images) != len(prompts):
@@ -240,7 +363,8 @@ class LlavaProcessor:
             if image_list is not None:
                 count = self.image_token_count(*pixel_values.shape[2:])  # L (all images share one size)
                 prompts = [prompt.replace(self.image_token, self.image_token * count) for prompt in prompts]
-            rows = [encoding.ids for encoding in self.tokenizer.encode_batch(prompts, add_special_tokens=True)]
+            encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=add_special_tokens)
+            rows = [encoding.ids for encoding in encodings]
             input_ids, attention_mask = self._pad(rows, padding, side)  # [B, T], [B, T]
             out = {"input_ids": input_ids, "attention_mask": attention_mask, **out}
         return out
@@ -439,6 +563,22 @@ def _as_image_list(images) -> list:
     return flat
 
 
+def _check_return_tensors(return_tensors) -> None:
+    """minillava returns NumPy arrays: return_tensors may say so ("np") or be left out (None)."""
+    if return_tensors is None:
+        return
+    if not isinstance(return_tensors, str):  # (Transformers' TensorType.NUMPY is a str, "np")
+        raise ValueError(f"return_tensors must be 'np' or None (NumPy arrays), got {reprlib.repr(return_tensors)}")
+    if return_tensors == "np":
+        return
+    if return_tensors in OTHER_TENSOR_TYPES:
+        raise ValueError(
+            f"return_tensors={return_tensors!r}: minillava returns NumPy arrays (it imports no torch, TensorFlow, JAX "
+            "or MLX); use return_tensors='np' or leave it out"
+        )
+    raise ValueError(f"return_tensors must be 'np' or None (NumPy arrays), got {reprlib.repr(return_tensors)}")
+
+
 def _check_padding_side(side, name: str) -> str:
     if not isinstance(side, str) or side not in PADDING_SIDES:
         raise ValueError(f"{name} must be 'left' or 'right', got {reprlib.repr(side)}")
@@ -456,6 +596,10 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
     (default "right", as Transformers); the default "left" is what batched generation needs.
     With no path, the demo model bundled with minillava."""
     folder = Path(path) if path is not None else demo_folder()
+    if folder.is_file():  # tokenizer.json or config.json: the processor reads several files of the folder
+        raise ValueError(
+            f"{folder} is a file; load_processor takes the checkpoint folder that holds it, e.g. {folder.parent}"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
     tokenizer_file = folder / "tokenizer.json"

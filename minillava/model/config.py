@@ -6,6 +6,11 @@ and LLaVA's own fields: which image token, which projector activation, which vis
 become image features. The model reads these fields; where they come from (a
 checkpoint's config.json, with every omitted field filled as Transformers fills it) is
 ``minillava.loading.config``.
+
+The fields keep Transformers' names where they are short already (``hidden_size``, ``patch_size``, ...); the
+three that minillava shortens answer to Transformers' names too, as read-only aliases of the one field
+(``config.vision_config`` is ``config.vision``, ``config.text_config`` is ``config.text``,
+``config.image_token_id`` is ``config.image_token_index``), so code written for Transformers reads them.
 """
 
 from __future__ import annotations
@@ -123,6 +128,24 @@ class LlavaConfig:
     multimodal_projector_bias: bool
     tie_word_embeddings: bool
     pad_token_id: int | None
+
+    # Transformers' names for three fields, so that `model.config.vision_config.patch_size` and the like work as
+    # they do on `LlavaForConditionalGeneration`. Properties, not fields: the value lives in one place.
+
+    @property
+    def vision_config(self) -> VisionConfig:
+        """Transformers' name for `vision` (LlavaConfig.vision_config)."""
+        return self.vision
+
+    @property
+    def text_config(self) -> TextConfig:
+        """Transformers' name for `text` (LlavaConfig.text_config)."""
+        return self.text
+
+    @property
+    def image_token_id(self) -> int:
+        """Transformers' name for `image_token_index` (LlavaConfig has both, one the alias of the other)."""
+        return self.image_token_index
 
     @property
     def num_image_tokens(self) -> int:

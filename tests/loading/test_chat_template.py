@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from minillava.loading import chat_template as mp
@@ -231,6 +232,102 @@ def test_chat_template_precedence(folders, hf, tmp_path):
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": "from tokenizer"}))
     assert load_processor(folder).chat_template == "from tokenizer"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# apply_chat_template(tokenize=True): the pictures inside the conversation, as Transformers takes them
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _with_pictures(conversation, pictures, key="image"):
+    """The conversation with each bare image part given its picture under `key`, in order."""
+    pictures = iter(pictures)
+    return [
+        {**m, "content": [{**p, key: next(pictures)} if p == IMAGE else p for p in m["content"]]} for m in conversation
+    ]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_tokenize_with_pil_images_in_the_conversation_like_transformers(folders, hf, template):
+    """One conversation and a batch of two (padded on the right, Transformers' side for these files), the pictures
+    as PIL images inside the conversations: the same input_ids, attention_mask and pixel_values as Transformers'
+    apply_chat_template(tokenize=True, return_dict=True); without return_dict, input_ids alone."""
+    folder = folders[TEMPLATES[template]]
+    ours, theirs = load_processor(folder, padding_side="right"), _hf_processor(hf, folder)
+    one = _with_pictures(CONVERSATIONS["multi-turn"], small_images(1))
+    two = _with_pictures(CONVERSATIONS["several images"], small_images(3, seed=1))
+    kwargs = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "np"}
+    for conversation in (one, [one, two], [CONVERSATIONS["non-ascii and newlines"], one]):
+        expected = theirs.apply_chat_template(conversation, padding=True, **kwargs)
+        assert_same_inputs(ours.apply_chat_template(conversation, **kwargs), expected)
+    ids = ours.apply_chat_template([one, two], add_generation_prompt=True, tokenize=True)
+    np.testing.assert_array_equal(ids, theirs.apply_chat_template([one, two], padding=True, **kwargs)["input_ids"])
+
+
+def test_tokenize_with_paths_under_image_and_path_keys(folders, tmp_path):
+    """A path under "image" or "path" gives the pixels of the file, as processor(images=[path]) does."""
+    processor = load_processor(folders["llama"])
+    file = tmp_path / "picture.png"
+    small_images(1)[0].save(file)
+    expected = processor(images=[file], text=processor.apply_chat_template(CONVERSATIONS["multi-turn"], True))
+    for key, value in (("image", file), ("image", str(file)), ("path", str(file))):
+        conversation = _with_pictures(CONVERSATIONS["multi-turn"], [value], key)
+        got = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert_same_inputs(got, expected)
+
+
+def test_tokenize_does_not_add_a_second_bos_when_the_template_writes_one(folders, hf):
+    """A template that writes {{ bos_token }}: Transformers does not add the tokenizer's <s> again, nor do we."""
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+    )
+    ours, theirs = load_processor(folders["llama"]), _hf_processor(hf, folders["llama"])
+    ours.chat_template = template
+    conversation = _with_pictures(CONVERSATIONS["single turn with image"], small_images(1))
+    expected = theirs.apply_chat_template(
+        conversation, chat_template=template, tokenize=True, return_dict=True, return_tensors="np"
+    )
+    got = ours.apply_chat_template(conversation, tokenize=True, return_dict=True)
+    assert_same_inputs(got, expected)
+    assert (got["input_ids"][0] == ours.bos_token_id).sum() == 1
+
+
+def test_tokenize_refuses_an_image_part_without_a_picture_naming_it(folders):
+    processor = load_processor(folders["llama"])
+    with pytest.raises(ValueError, match=r"conversation\[0\]\['content'\]\[0\] is an image part with no picture"):
+        processor.apply_chat_template(CONVERSATIONS["multi-turn"], tokenize=True)
+    batch = [_with_pictures(CONVERSATIONS["multi-turn"], small_images(1)), CONVERSATIONS["system message"]]
+    with pytest.raises(ValueError, match=r"conversations\[1\]\[1\]\['content'\]\[0\] is an image part with no pic"):
+        processor.apply_chat_template(batch, tokenize=True)
+    two_keys = [{"role": "user", "content": [{"type": "image", "image": small_images(1)[0], "url": "http://x/y.png"}]}]
+    with pytest.raises(ValueError, match=r"\['content'\]\[0\] is an image part with both image and url"):
+        processor.apply_chat_template(two_keys, tokenize=True)
+    base64 = [{"role": "user", "content": [{"type": "image", "base64": "iVBORw0KGgo="}]}]
+    with pytest.raises(ValueError, match=r"\['content'\]\[0\]: minillava does not read 'base64' images"):
+        processor.apply_chat_template(base64, tokenize=True)
+    wrong_type = [{"role": "user", "content": [{"type": "image", "image": np.zeros((4, 4, 3))}]}]
+    with pytest.raises(TypeError, match=r"\['content'\]\[0\]\['image'\] must be a PIL image, a path or a URL, got nd"):
+        processor.apply_chat_template(wrong_type, tokenize=True)
+
+
+def test_tokenize_arguments_are_checked(folders):
+    processor = load_processor(folders["llama"])
+    conversation = [{"role": "user", "content": [TEXT("hi")]}]
+    with pytest.raises(ValueError, match="return_dict and return_tensors describe token ids, but tokenize is False"):
+        processor.apply_chat_template(conversation, return_dict=True)
+    with pytest.raises(ValueError, match="but tokenize is False"):
+        processor.apply_chat_template(conversation, return_tensors="np")
+    with pytest.raises(
+        ValueError, match=r"return_tensors='pt': minillava returns NumPy arrays.*use return_tensors='np'"
+    ):
+        processor.apply_chat_template(conversation, tokenize=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="tokenize and return_dict must be True or False, got 'yes'"):
+        processor.apply_chat_template(conversation, tokenize="yes")
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got 'up'"):
+        processor.apply_chat_template(conversation, tokenize=True, padding_side="up")
+    ids = processor.apply_chat_template(conversation, tokenize=True, return_tensors="np")  # input_ids alone
+    np.testing.assert_array_equal(ids, processor(text=processor.apply_chat_template(conversation))["input_ids"])
 
 
 def test_bad_conversations(folders):

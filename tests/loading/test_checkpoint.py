@@ -177,3 +177,17 @@ def test_non_finite_weights_warn_then_generation_refuses_their_nan_logits(folder
     for loaded in (model, mapped):
         with pytest.raises(ValueError, match="logits at the prompt's last position are NaN or infinite"):
             loaded.generate(np.array([[1, 5, 6]]), max_new_tokens=3)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "instead"),
+    [("torch_dtype", "dtype='float32'"), ("device_map", "device='cpu' or 'cuda'"), ("load_in_4bit", "quantize='nf4'"),
+     ("quantization_config", "quantize='int8', 'int4' or 'nf4'"), ("no_such_keyword", None)],
+)  # fmt: skip
+def test_from_pretrained_keywords_say_what_to_write(folder, keyword, instead):
+    """A Transformers user's from_pretrained keywords: refused by name (before anything is read), with minillava's own
+    way where there is one."""
+    with pytest.raises(TypeError) as error:
+        minillava.load_model(folder, **{keyword: "auto"})
+    assert str(error.value).startswith(f"load_model() got an unexpected keyword argument {keyword!r}")
+    assert (instead in str(error.value)) if instead else str(error.value).endswith(f"{keyword!r}")

@@ -4,9 +4,12 @@ file forms of older checkpoints, and bad input; for llava-1.5's files and for ll
 processor, Qwen's byte-level tokenizer) on real photographs in several sizes and modes. The chat template:
 test_chat_template.py."""
 
+import functools
+import http.server
 import json
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -83,6 +86,89 @@ def test_padding_side_from_tokenizer_config(folders, hf, tmp_path):
     assert_same_inputs(
         load_processor(folder, padding_side=None)(text=texts), hf(folder)(text=texts, padding=True, return_tensors="np")
     )
+
+
+def test_tokenizer_padding_side_set_left_or_right_is_honoured(folders, hf):
+    """Transformers' documentation advises processor.tokenizer.padding_side = "left" before batched generation:
+    the processor pads on that side (right and left both), as Transformers' processor does after the same line;
+    processor.padding_side is the same value."""
+    processor, theirs = load_processor(folders["llama"], padding_side=None), hf(folders["llama"])
+    texts = ["short", "a somewhat longer prompt"]
+    for side in ("left", "right", "left"):
+        processor.tokenizer.padding_side = side
+        theirs.tokenizer.padding_side = side
+        assert processor.padding_side == side
+        assert_same_inputs(processor(text=texts), theirs(text=texts, padding=True, return_tensors="np"))
+    processor.padding_side = "right"  # the other way round: the processor's name sets the tokenizer's
+    assert processor.tokenizer.padding_side == "right"
+    assert (processor(text=texts)["attention_mask"][0, -1] == 0).all()
+
+
+def test_tokenizer_is_the_tokenizers_library_one_with_padding_side(folders):
+    """processor.tokenizer forwards to tokenizer.json's tokenizers.Tokenizer; a padding side other than left or
+    right, or any other setting, is refused naming it, not accepted and ignored."""
+    processor = load_processor(folders["llama"])
+    assert processor.tokenizer.encode("hello").ids == processor.tokenizer.backend.encode("hello").ids
+    assert processor.tokenizer.token_to_id("<image>") == processor.image_token_id
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got 'middle'"):
+        processor.tokenizer.padding_side = "middle"
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right', got None"):
+        processor.padding_side = None
+    assert processor.padding_side == "left"  # unchanged by the refused values
+    with pytest.raises(AttributeError, match="processor.tokenizer.pad_token cannot be set.*takes padding_side only"):
+        processor.tokenizer.pad_token = "<pad>"
+    with pytest.raises(AttributeError, match="has no attribute 'eos_token_id'; the processor has it: processor.eos_"):
+        processor.tokenizer.eos_token_id  # noqa: B018
+
+
+@pytest.mark.parametrize("return_tensors", ["pt", "tf", "jax", "mlx"])
+def test_return_tensors_of_other_frameworks_refused_naming_np(folders, return_tensors):
+    processor = load_processor(folders["llama"])
+    message = f"return_tensors='{return_tensors}': minillava returns NumPy arrays.*use return_tensors='np' or leave it"
+    with pytest.raises(ValueError, match=message):
+        processor(text="x", return_tensors=return_tensors)
+
+
+def test_return_tensors_np_or_none_give_numpy_arrays(folders, hf):
+    processor, theirs = load_processor(folders["llama"]), hf(folders["llama"], padding_side="left")
+    images, texts = small_images(2), ["<image> one", "two <image> and more words"]
+    expected = theirs(images=images, text=texts, padding=True, return_tensors="np")
+    assert_same_inputs(processor(images=images, text=texts, padding=True, return_tensors="np"), expected)
+    assert_same_inputs(processor(images=images, text=texts, padding=True, return_tensors=None), expected)
+    with pytest.raises(ValueError, match=r"return_tensors must be 'np' or None \(NumPy arrays\), got 'numpy'"):
+        processor(text="x", return_tensors="numpy")
+    with pytest.raises(ValueError, match=r"return_tensors must be 'np' or None \(NumPy arrays\), got \['np'\]"):
+        processor(text="x", return_tensors=["np"])
+
+
+def test_image_url_is_fetched_where_the_machine_can_reach_it(folders, tmp_path):
+    """An http:// URL (here a server on this machine, in a thread) gives the pixels of the file it serves."""
+    processor = load_processor(folders["llama"])
+    small_images(1)[0].save(tmp_path / "picture.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/picture.png"
+        try:
+            from_url = processor(images=[url], text="<image> hi")
+            with pytest.raises(ValueError, match=r"/missing.png: the server answered HTTP 404"):
+                processor(images=[url.replace("picture", "missing")], text="<image> hi")
+        finally:
+            server.shutdown()
+    assert_same_inputs(from_url, processor(images=[tmp_path / "picture.png"], text="<image> hi"))
+
+
+def test_image_url_unreachable_says_so_and_what_to_give_instead(folders):
+    """No server listens on port 9 of this machine (as no network reaches the docs' URLs here): one
+    ConnectionError naming the URL and saying to give a path or a PIL image."""
+    processor = load_processor(folders["llama"])
+    url = "http://127.0.0.1:9/stop-sign.jpg"
+    with pytest.raises(
+        ConnectionError, match=r"http://127.0.0.1:9/stop-sign.jpg: cannot fetch the image .*give its path"
+    ):
+        processor(images=[url], text="<image> hi")
 
 
 def test_images_alone_and_nested_image_lists(folders, hf):
@@ -256,6 +342,9 @@ def test_bad_folders(folders, tmp_path):
         load_processor(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         load_processor(tmp_path / "nowhere")
+    for file in ("tokenizer.json", "config.json"):  # a file of the folder: the folder is named
+        with pytest.raises(ValueError, match=f"{file} is a file; load_processor takes the checkpoint folder"):
+            load_processor(folders["llama"] / file)
     with pytest.raises(ValueError, match="padding_side"):
         load_processor(folders["llama"], padding_side="top")
     folder = shutil.copytree(folders["llama"], tmp_path / "no_pad")
