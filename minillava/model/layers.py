@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .backend import xp_of
 from .blocked import MAX_ROWS_OF_X, BlockedWeight, linear_blocked
 from .quantize import QuantizedWeight, dequantize
@@ -225,8 +227,28 @@ def erfc(x):
     return xp.where(x >= 0, y, 2.0 - y)  # erfc(x) = 2 - erfc(|x|) for x < 0
 
 
+GELU_BLOCK = 2**16
+"""Values per block of ``gelu`` on the CPU. erfc works in float64 with four temporaries the size of its input: for
+the projector's [576, 4096] that is ~75 MB of fresh memory per call, which the OS hands over page by page (measured
+110-380 ms a call here). In blocks of 2**16 values (0.5 MB a temporary) they stay in the cache and their memory is
+reused: ~45 ms, the same numbers (every value is computed alone). On a GPU the whole array is one block."""
+
+
 def gelu(x):
-    """Exact GELU: x * Phi(x) = x/2 * erfc(-x / sqrt(2)) (torch.nn.functional.gelu, approximate='none')."""
+    """Exact GELU: x * Phi(x) = x/2 * erfc(-x / sqrt(2)) (torch.nn.functional.gelu, approximate='none').
+
+    On the CPU a large x is computed a block of GELU_BLOCK values at a time (see there), into one output."""
+    if xp_of(x) is not np or x.size <= GELU_BLOCK:
+        return _gelu(x)
+    flat = x.reshape(-1)  # [N]
+    out = np.empty_like(flat)  # [N]
+    for start in range(0, flat.size, GELU_BLOCK):
+        out[start : start + GELU_BLOCK] = _gelu(flat[start : start + GELU_BLOCK])
+    return out.reshape(x.shape)
+
+
+def _gelu(x):
+    """The formula, on the whole of x."""
     phi2 = erfc(-x / math.sqrt(2.0))  # [N...] float64, 2 Phi(x)
     phi2 *= 0.5 * x  # x/2 * erfc(-x / sqrt(2)), in float64
     return phi2.astype(x.dtype, copy=False)

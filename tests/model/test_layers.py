@@ -65,3 +65,13 @@ def test_erfc_within_its_documented_error():
     x = np.concatenate([np.linspace(-6, 26, 20_001), np.linspace(-0.01, 0.01, 201)])
     exact = np.array([math.erfc(v) for v in x])
     assert np.max(np.abs(layers.erfc(x) - exact) / exact) < 1.2e-7
+
+
+def test_gelu_in_blocks_is_the_formula_bit_for_bit(rng):
+    """A large input (the projector's [576, 4096] at llava-1.5's size) is computed GELU_BLOCK values at a time on the
+    CPU: every value is computed alone, so the blocks give the whole-array formula's numbers exactly, and torch's."""
+    x = (rng.standard_normal((1, 3 * layers.GELU_BLOCK // 64 + 5, 64)) * 4).astype(np.float32)  # not a whole block
+    blocked = layers.gelu(x)
+    assert x.size > layers.GELU_BLOCK and blocked.shape == x.shape and blocked.dtype == np.float32
+    np.testing.assert_array_equal(blocked.view(np.uint32), layers._gelu(x).view(np.uint32))
+    close(blocked, torch.nn.functional.gelu(torch.from_numpy(x)))
