@@ -97,8 +97,9 @@ def resolve_model(name: str | None) -> Path:
         raise CliError(f"--model {name}: {err}" if name else f"{err}; give --model PATH") from None
 
 
-def load(args, folder: Path):
-    """Model and processor, with the library's own errors turned into one-line CLI errors."""
+def load(args, folder: Path, image=None):
+    """Model and processor, with the library's own errors turned into one-line CLI errors. The picture (if any)
+    is checked against the processor's settings before the model's weights are read."""
     import minillava
 
     dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
@@ -113,6 +114,14 @@ def load(args, folder: Path):
     try:
         minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
+        raise CliError(f"--model {folder}: {err}") from None
+    if image is not None:  # a picture too large (or too thin) to preprocess, named by its path
+        try:
+            check_image_size(image, processor.image_processor_config, f"--image {args.image}")
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    try:
         warnings.simplefilter("always", NonFiniteWeightsWarning)  # shown by show_warning: one line each
         # blocked_matmul: weights kept at rest (memory-mapped float16, quantized) are multiplied a block of rows at a
         # time in a decode step, several times faster than the library's plain default (model/blocked.py)
@@ -265,12 +274,7 @@ def _main(argv: list[str]) -> int:
             raise CliError("--chat reads the questions from stdin, which is closed")
         image = open_image(args.image) if args.image else None
         folder = resolve_model(args.model)
-        model, processor = load(args, folder)
-        if image is not None:  # a picture too large (or too thin) to preprocess, named by its path
-            try:
-                check_image_size(image, processor.image_processor_config, f"--image {args.image}")
-            except ValueError as err:
-                raise CliError(str(err)) from None
+        model, processor = load(args, folder, image)
         is_demo = folder.resolve() == demo_folder()
         if image is None:
             run_samples(model, processor, args)

@@ -363,8 +363,10 @@ def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status():
     assert result.stderr == ""
 
 
-def test_a_picture_too_thin_to_resize_is_named_by_its_path(folder, tmp_path, capsys):
-    """A 1 x 1,000,000 PNG is a few KB, but its shortest-edge resize would be 28 x 28,000,000 pixels."""
+def test_a_picture_too_thin_to_resize_is_named_by_its_path(folder, tmp_path, monkeypatch, capsys):
+    """A 1 x 1,000,000 PNG is a few KB, but its shortest-edge resize would be 28 x 28,000,000 pixels: refused with its
+    path, before the model's weights are read."""
+    monkeypatch.setattr(minillava, "load_model", lambda *args, **kwargs: pytest.fail("the weights were read"))
     thin = tmp_path / "thin.png"
     Image.fromarray(np.zeros((1, 1_000_000, 3), np.uint8)).save(thin)
     assert cli.main(["--model", str(folder), "--image", str(thin)]) == 1
