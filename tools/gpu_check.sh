@@ -7,18 +7,31 @@
 # 1. the tests that compare minillava with Transformers, with minillava on the GPU (`pytest --device cuda`
 #    selects them; Transformers stays on the CPU in float32, so the tolerances are the CPU's: float32 parity);
 # 2. `python -m minillava --device cuda`: the bundled demo's sample questions, answered on the GPU (float16);
-# 3. tools/benchmark.py --device cuda, float32 and float16 (llava-1.5-7b widths, 2 text + 2 CLIP layers).
+# 3. tools/benchmark_gpu_7b.py: llava-1.5-7b at full size (32 + 24 layers), random float16 weights made on the
+#    GPU, minillava against Transformers sdpa and eager (image encode, prefill, decode at batch 1 and 8, peak
+#    memory); with DEVICE=cpu its --smoke mode (tiny sizes), since a 7B on the CPU would not fit the time limit;
+# 4. tools/benchmark.py --device cuda, float32 and float16 (llava-1.5-7b widths, 2 text + 2 CLIP layers).
 # Each step has its own time limit and writes its output as it goes, so a step that fails or runs out of
-# time leaves the others' results. DEVICE=cpu runs the same steps on the CPU (to check the script itself).
+# time leaves the others' results. The whole run has a budget, 8 minutes of GPU time (BUDGET_S=seconds to
+# change it): a step gets at most what is left of it, and one that would get under 20 s is skipped, so the
+# steps come most important first. DEVICE=cpu runs the same steps on the CPU (to check the script itself),
+# with an hour's budget.
 set -u
 out=${1:-gpu-check}
 device=${DEVICE:-cuda}
+if [ "$device" = cuda ]; then budget=${BUDGET_S:-480}; else budget=${BUDGET_S:-3600}; fi
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # minillava from this checkout, without installing it
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to OUT/NAME.txt, print the exit status
     local name=$1 limit=$2
     shift 2
+    local left=$((budget - SECONDS))  # SECONDS: since the script started
+    if [ "$left" -lt 20 ]; then
+        echo "$name: skipped, $left s left of the $budget s budget" | tee -a "$out/summary.txt"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local start=$SECONDS
     timeout "$limit" "$@" >"$out/$name.txt" 2>&1
     local rc=$?
@@ -43,5 +56,8 @@ cat "$out/env.txt"
 
 step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device"  # the tests that use the device
 step cli 60 python -m minillava --device "$device"
+smoke=(); [ "$device" = cpu ] && smoke=(--smoke)  # a 7B on the CPU would not fit: there, only the script is checked
+step bench-7b-full 180 python tools/benchmark_gpu_7b.py --device "$device" "${smoke[@]}" \
+    --json "$out/bench-7b-full.json"
 step bench-float32 140 python tools/benchmark.py --device "$device" --dtype float32 --json "$out/bench-float32.json"
 step bench-float16 120 python tools/benchmark.py --device "$device" --dtype float16 --json "$out/bench-float16.json"
