@@ -28,14 +28,9 @@ from .loading.weights import NonFiniteWeightsWarning
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 130 = 128 + SIGINT, 141 = 128 + SIGPIPE
 DEFAULT_QUESTION = "What is shown in the image?"
-DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions:
-DEMO_QUESTIONS = (  # (tools/train_demo.py), named when it answers another with nothing
-    "What shapes are in the image?",
-    "What colour is the star?",
-    "How many shapes are there?",
-    "Where is the circle?",
-    "Is there a blue square?",
-)
+DEMO_QUESTION = "What shapes are in the image?"  # the demo model knows only its training questions
+# The library's errors while a checkpoint is read, each turned into one line naming --model.
+LOAD_ERRORS = (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError, MemoryError)
 
 
 class CliError(Exception):
@@ -114,7 +109,7 @@ def load(args, folder: Path, image=None):
     try:
         minillava.load_config(folder)  # first: a folder of another family is named before anything else is read
         processor = minillava.load_processor(folder)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
+    except LOAD_ERRORS as err:
         raise CliError(f"--model {folder}: {err}") from None
     if image is not None:  # a picture too large (or too thin) to preprocess, named by its path
         try:
@@ -129,7 +124,7 @@ def load(args, folder: Path, image=None):
                                      progress=progress, memory_budget=args.memory_budget, quantize=args.quantize,
                                      attn_implementation=args.attn_implementation, strict=args.strict,
                                      blocked_matmul=args.device == "cpu")  # fmt: skip
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as err:
+    except LOAD_ERRORS as err:
         raise CliError(f"--model {folder}: {err}") from None
     if shown[0] >= 0:
         print(file=sys.stderr)
@@ -189,7 +184,8 @@ def answer(model, processor, image, conversation, args, out=None, is_demo=False)
     print(file=out, flush=True)
     reply = "".join(pieces).strip()
     if not reply:
-        known = f": the demo model knows only questions such as {', '.join(map(repr, DEMO_QUESTIONS))}"
+        asked = [read_json(meta)["question"] for meta in sorted((demo_folder() / "samples").glob("*.json"))]
+        known = f": the demo model knows only questions such as {', '.join(map(repr, asked))}"
         print(f"minillava: the model gave no answer (it ended at once){known if is_demo else ''}", file=sys.stderr)
     return reply
 

@@ -120,6 +120,21 @@ def random_params(config, xp, dtype: str) -> dict:
     return params
 
 
+def phase_record(build_s, encode_s, prefill_s, decode_b1_s, decode_b8_s, peak, finite, tokens, input_ids) -> dict:
+    """The fields both workers report, in one shape (each adds its own after them)."""
+    return {
+        "build_s": build_s,
+        "image_encode": encode_s,
+        "prefill": prefill_s,
+        "decode_b1": decode_b1_s,
+        "decode_b8": decode_b8_s,
+        **peak,
+        "finite": finite,
+        "tokens": [int(t[0]) for t in tokens],
+        "prompt_tokens": int(input_ids.shape[1]),
+    }
+
+
 def run_minillava(args) -> dict:
     import numpy as np
 
@@ -174,15 +189,7 @@ def run_minillava(args) -> dict:
     else:
         peak = {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "process peak RSS"}
     return {
-        "build_s": build_s,
-        "image_encode": encode_s,
-        "prefill": prefill_s,
-        "decode_b1": decode_b1_s,
-        "decode_b8": decode_b8_s,
-        **peak,
-        "finite": finite,
-        "tokens": [int(t[0]) for t in tokens],
-        "prompt_tokens": int(input_ids.shape[1]),
+        **phase_record(build_s, encode_s, prefill_s, decode_b1_s, decode_b8_s, peak, finite, tokens, input_ids),
         "clip_layers_run": config.vision_layers_needed,
         "gpu": gpu,
         "numpy": np.__version__,
@@ -264,15 +271,7 @@ def run_transformers(args) -> dict:
     else:
         peak = {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "process peak RSS"}
     return {
-        "build_s": build_s,
-        "image_encode": encode_s,
-        "prefill": prefill_s,
-        "decode_b1": decode_b1_s,
-        "decode_b8": decode_b8_s,
-        **peak,
-        "finite": finite,
-        "tokens": [int(t[0]) for t in tokens],
-        "prompt_tokens": int(input_ids.shape[1]),
+        **phase_record(build_s, encode_s, prefill_s, decode_b1_s, decode_b8_s, peak, finite, tokens, input_ids),
         "clip_layers_run": len(model.model.vision_tower.encoder.layers),
         "gpu": f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if args.device == "cuda" else None,
         "torch": torch.__version__,

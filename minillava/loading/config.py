@@ -36,7 +36,7 @@ from ..model.clip import FEATURE_SELECT_STRATEGIES
 from ..model.config import LANGUAGE_MODELS, VISION_TOWERS, LlavaConfig, TextConfig, VisionConfig
 from ..model.layers import ACTIVATIONS
 from ..model.rope import ROPE_TYPES
-from .files import read_json
+from .files import is_json_int, read_json
 
 # CLIPVisionConfig's class defaults (openai/clip-vit-base-patch32): used for the fields a
 # `vision_config` dict leaves out.
@@ -396,7 +396,7 @@ def _feature_layer(sec: _Section, num_layers: int) -> int | tuple[int, ...]:
     if not entries:
         raise sec.error(key, "is an empty list; give at least one layer index")
     for entry in entries:
-        if not _is_int(entry) or not -(num_layers + 1) <= entry <= num_layers:
+        if not is_json_int(entry) or not -(num_layers + 1) <= entry <= num_layers:
             raise sec.error(
                 key,
                 f"must be an int or a list of ints between {-(num_layers + 1)} and {num_layers} "
@@ -466,10 +466,6 @@ def _shown(value: Any) -> str:
     return reprlib.repr(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _int(sec: _Section, key: str, default: int | None, minimum: int = 1) -> int:
     value = sec.data.get(key)
     if value is None:
@@ -477,7 +473,7 @@ def _int(sec: _Section, key: str, default: int | None, minimum: int = 1) -> int:
             raise sec.error(key, "is required")
         return default
     maximum = SIZE_LIMITS.get(key, TOKEN_ID_LIMIT - 1)
-    if not _is_int(value) or not minimum <= value <= maximum:
+    if not is_json_int(value) or not minimum <= value <= maximum:
         raise sec.error(key, f"must be an int between {minimum} and {maximum}, got {_shown(value)}")
     return value
 
@@ -521,7 +517,7 @@ def _token_id(sec: _Section, key: str, default: int | None, allow_list: bool = F
     value = sec.data.get(key, default)
 
     def token_id(v):
-        return _is_int(v) and -TOKEN_ID_LIMIT <= v < TOKEN_ID_LIMIT
+        return is_json_int(v) and -TOKEN_ID_LIMIT <= v < TOKEN_ID_LIMIT
 
     if value is None or token_id(value):
         return value

@@ -31,3 +31,8 @@ def read_json(path: str | Path, required: bool = False) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a JSON object, got a JSON {type(data).__name__}")
     return data
+
+
+def is_json_int(value) -> bool:
+    """An int from a JSON file: JSON's true and false are Python ints too, but never a count, a size or an id."""
+    return isinstance(value, int) and not isinstance(value, bool)

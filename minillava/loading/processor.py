@@ -59,7 +59,7 @@ from ..model.training import IGNORE_INDEX
 from . import preprocess as image_preprocess
 from .chat_template import conversation_images, native_renderer, render_jinja
 from .config import load_config
-from .files import read_json
+from .files import is_json_int, read_json
 
 IMAGE_TOKEN = "<image>"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -165,7 +165,7 @@ class LlavaProcessor:
                 f"vision_feature_select_strategy must be one of {FEATURE_SELECT_STRATEGIES}, "
                 f"got {reprlib.repr(vision_feature_select_strategy)}"
             )
-        if not (_is_int(num_additional_image_tokens) and num_additional_image_tokens in (0, 1)):
+        if not (is_json_int(num_additional_image_tokens) and num_additional_image_tokens in (0, 1)):
             raise ValueError(  # minillava's vision towers add one token (CLIP's CLS) or none (SigLIP)
                 f"num_additional_image_tokens must be 0 or 1, got {reprlib.repr(num_additional_image_tokens)}"
             )
@@ -630,7 +630,7 @@ def load_processor(path=None, padding_side: str | None = "left") -> LlavaProcess
     strategy = _field(processor_config, "vision_feature_select_strategy", processor_file,
                       f"one of {FEATURE_SELECT_STRATEGIES}", lambda v: v in FEATURE_SELECT_STRATEGIES)  # fmt: skip
     extra = _field(processor_config, "num_additional_image_tokens", processor_file,
-                   "0 or 1 (CLIP's CLS token, or none)", lambda v: _is_int(v) and v in (0, 1))  # fmt: skip
+                   "0 or 1 (CLIP's CLS token, or none)", lambda v: is_json_int(v) and v in (0, 1))  # fmt: skip
     image_token = _field(processor_config, "image_token", processor_file, "a non-empty string",
                          lambda v: isinstance(v, str) and v != "")  # fmt: skip
     model_config = load_config(folder) if (folder / "config.json").is_file() else None
@@ -679,12 +679,8 @@ def _field(config: dict, name: str, file: Path, expected: str, ok):
     return value
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is a Python int too
-
-
 def _is_positive_int(value) -> bool:
-    return _is_int(value) and value > 0
+    return is_json_int(value) and value > 0
 
 
 def _read_chat_template(folder: Path, processor_config: dict, tokenizer_config: dict) -> str | None:

@@ -19,6 +19,8 @@ import reprlib
 
 import numpy as np
 
+from .files import is_json_int
+
 # safetensors dtype name -> the NumPy dtype of its bytes (always little-endian in the file).
 # bfloat16 has no NumPy dtype: we read its raw 16-bit patterns and decode them (``bfloat16_to_float32``).
 SAFETENSORS_DTYPES = {
@@ -149,8 +151,8 @@ def read_header(path: str) -> tuple[dict[str, dict], int]:
 
 
 def _is_count(n) -> bool:
-    """A non-negative JSON integer (true and false are Python ints too, but not counts)."""
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+    """A non-negative JSON integer."""
+    return is_json_int(n) and n >= 0
 
 
 def map_buffer(path: str, data_start: int) -> np.ndarray:
