@@ -69,6 +69,9 @@ import benchmark  # noqa: E402
 WORKERS = ("minillava", "sdpa", "eager")  # one process each; the last two are Transformers' attention kinds
 NAMES = {"minillava": "minillava", "sdpa": "transformers-sdpa", "eager": "transformers-eager"}
 TIMED = ("image_encode", "prefill", "decode_b1", "decode_b8")  # seconds (a decode entry: one step)
+# minillava's decode with load_model(..., cuda_graphs=True)'s step (model/static_step.py), each against
+# Transformers' plain decode of the same batch (Transformers records no graph by default)
+MINILLAVA_ONLY = {"decode_b1_cuda_graphs": "decode_b1", "decode_b8_cuda_graphs": "decode_b8"}
 BATCH = 8  # the second decode measurement's batch size
 SEED = 0
 
@@ -141,6 +144,7 @@ def run_minillava(args) -> dict:
     from minillava.loading.config import config_from_dict
     from minillava.model import backend
     from minillava.model.llava import LlavaModel
+    from minillava.model.static_step import StaticDecodeStep
 
     cfg = full_config(args.smoke)
     config = config_from_dict(cfg)
@@ -159,7 +163,7 @@ def run_minillava(args) -> dict:
 
     input_ids, pixel_values, ids_8, pixels_8 = batched_inputs(cfg)  # NumPy: [1, T], [1, 3, S, S], 8 of each
     pixel_values, pixels_8 = xp.asarray(pixel_values), xp.asarray(pixels_8)  # on the device, as torch's are
-    max_len = input_ids.shape[1] + args.decode_steps + 2  # the prompt, the warm-up step, the timed steps
+    max_len = input_ids.shape[1] + args.decode_steps + 3  # the prompt, the warm-up step(s), the timed steps
 
     encode_s, features = benchmark.timed(lambda: model.encode_image(pixel_values), args.repeats, sync)
 
@@ -182,6 +186,27 @@ def run_minillava(args) -> dict:
     cache_8, logits_8 = prefill(ids_8, pixels_8)  # untimed: 8 x 600 positions
     first_8 = backend.to_numpy(logits_8[:, -1].argmax(axis=-1))  # [8]
     decode_b8_s, _ = benchmark.time_decode(step, first_8, cache_8, args.decode_steps)
+    del cache, cache_8
+
+    def static_decode(ids, pixels):
+        """Greedy decode with ``cuda_graphs=True``'s step (model/static_step.py): the median step and the tokens."""
+        B, T = ids.shape
+        cache = model.new_cache(B, max_len)
+        static = StaticDecodeStep(model, cache)
+        positions = np.broadcast_to(np.arange(T), (B, T))  # [B, T]
+        logits = static(ids, np.ones((B, T), np.int64), positions, cache, model.encode_image(pixels))  # [B, V]
+
+        def static_step(tokens, cache):  # tokens: NumPy [B]
+            mask, positions = np.ones((B, cache.length + 1), np.int64), np.full((B, 1), cache.length)  # [B, Tk], [B, 1]
+            return backend.to_numpy(static(tokens[:, None], mask, positions, cache).argmax(axis=-1)), cache  # [B]
+
+        first = backend.to_numpy(logits.argmax(axis=-1))  # [B]
+        second, _ = static_step(first, cache)  # unrecorded (CuPy compiles its kernels); time_decode's warm-up records
+        step_s, tokens = benchmark.time_decode(static_step, second, cache, args.decode_steps)
+        return step_s, [first, *tokens]
+
+    graphs_b1_s, graph_tokens = static_decode(input_ids, pixel_values)
+    graphs_b8_s, _ = static_decode(ids_8, pixels_8)
 
     if args.device == "cuda":
         sync()
@@ -190,6 +215,10 @@ def run_minillava(args) -> dict:
         peak = {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "process peak RSS"}
     return {
         **phase_record(build_s, encode_s, prefill_s, decode_b1_s, decode_b8_s, peak, finite, tokens, input_ids),
+        "decode_b1_cuda_graphs": graphs_b1_s,
+        "decode_b8_cuda_graphs": graphs_b8_s,
+        # the same weights, so the same greedy tokens (random float16 logits may tie: reported, not raised)
+        "cuda_graphs_tokens_equal": [int(t[0]) for t in graph_tokens[: len(tokens)]] == [int(t[0]) for t in tokens],
         "clip_layers_run": config.vision_layers_needed,
         "gpu": gpu,
         "numpy": np.__version__,
@@ -317,11 +346,20 @@ def summarize(rounds: list[dict]) -> dict:
             batch = BATCH if phase == "decode_b8" else 1
             entry.update({f"{NAMES[w]}_tokens_per_s": batch / entry[f"{NAMES[w]}_s"] for w in WORKERS})
         summary[phase] = entry
+    for phase, plain in MINILLAVA_ONLY.items():
+        seconds = statistics.median(r["minillava"][phase] for r in rounds)
+        entry = {"minillava_s": seconds, "minillava_tokens_per_s": (BATCH if plain == "decode_b8" else 1) / seconds}
+        for other in WORKERS[1:]:
+            ratios = [r["minillava"][phase] / r[other][plain] for r in rounds]
+            entry[f"ratio_{other}"] = statistics.median(ratios)
+            entry[f"round_ratios_{other}"] = ratios
+        summary[phase] = entry
     summary["peak_memory_bytes"] = {NAMES[w]: max(r[w]["peak_memory_bytes"] for r in rounds) for w in WORKERS}
     summary["finite"] = {NAMES[w]: all(r[w]["finite"] for r in rounds) for w in WORKERS}
     summary["tokens_agree"] = {
         "sdpa_vs_eager": all(r["sdpa"]["tokens"] == r["eager"]["tokens"] for r in rounds),
         "minillava_vs_transformers": None,  # different random weights: no agreement to expect
+        "minillava_cuda_graphs_vs_plain": all(r["minillava"]["cuda_graphs_tokens_equal"] for r in rounds),
     }
     return summary
 
@@ -354,7 +392,8 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"up once + {args.repeats} repeat(s), median; ratio = minillava / Transformers, median of the rounds'",
         "finite     " + ", ".join(f"{n} {'yes' if ok else 'NO (NaN or inf)'}" for n, ok in summary["finite"].items()),
         f"tokens     sdpa and eager agree: {'yes' if summary['tokens_agree']['sdpa_vs_eager'] else 'no'}; minillava "
-        "holds other random weights, its tokens are not compared",
+        "holds other random weights, its tokens are not compared with theirs; minillava's cuda_graphs step and its "
+        f"plain step agree: {'yes' if summary['tokens_agree']['minillava_cuda_graphs_vs_plain'] else 'no'}",
         "",
         f"{'phase':<16}{'minillava':>12}{'T. sdpa':>12}{'T. eager':>12}{'/sdpa':>8}{'/eager':>8}",
     ]
@@ -367,6 +406,13 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         else:
             cells = "".join(f"{v * 1e3:>10.1f}ms" for v in values)
             name = phase.replace("_", " ")
+        lines.append(f"{name:<16}{cells}{s['ratio_sdpa']:>8.2f}{s['ratio_eager']:>8.2f}")
+    for phase, plain in MINILLAVA_ONLY.items():  # Transformers' columns: its plain decode, as in the rows above
+        s = summary[phase]
+        name = f"  cuda_graphs b{BATCH if plain == 'decode_b8' else 1}"
+        cells = f"{s['minillava_tokens_per_s']:>10.1f}/s" + "".join(
+            f"{summary[plain][f'{NAMES[w]}_tokens_per_s']:>10.1f}/s" for w in WORKERS[1:]
+        )
         lines.append(f"{name:<16}{cells}{s['ratio_sdpa']:>8.2f}{s['ratio_eager']:>8.2f}")
     peaks = summary["peak_memory_bytes"]
     kinds = ", ".join(dict.fromkeys(first[w]["peak_memory_kind"] for w in WORKERS))

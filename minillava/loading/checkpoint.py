@@ -55,6 +55,7 @@ def load_model(
     blocked_matmul: bool = False,
     threads: int | None = None,
     strict: bool = False,
+    cuda_graphs: bool = False,
     **transformers_keywords,
 ) -> LlavaModel:
     """Load a llava-hf checkpoint folder (config.json + safetensors, single file or sharded); with no
@@ -77,6 +78,9 @@ def load_model(
     path being the reference). progress: an optional ``progress(bytes_done, bytes_total)`` callback while the
     weights are read. strict: weights holding NaN or infinite values are an error instead of a warning
     (``NonFiniteWeightsWarning``), and memory-mapped weights are scanned for them too (loading/weights.py).
+    cuda_graphs: generation's decode steps on fixed shapes, recorded once as a CUDA graph and replayed with
+    device="cuda" (model/static_step.py: one launch per token instead of one per operation); on the CPU the same
+    fixed-shape step runs, unrecorded. Off by default: the plain step is the reference.
     """
     for name in transformers_keywords:
         instead = TRANSFORMERS_KEYWORDS.get(name)
@@ -94,6 +98,8 @@ def load_model(
         raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
     if strict not in (True, False):
         raise ValueError(f"strict must be True or False, got {strict!r}")
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
     if blocked_matmul not in (True, False):
         raise ValueError(f"blocked_matmul must be True or False, got {blocked_matmul!r}")
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
@@ -133,6 +139,7 @@ def load_model(
         dtype=dtype,
         generation_defaults=defaults,
         attn_implementation=attn_implementation,
+        cuda_graphs=cuda_graphs,
     )
 
 

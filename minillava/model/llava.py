@@ -27,6 +27,7 @@ from .loss import cross_entropy
 from .merge import merge_image_features
 from .projector import multi_modal_projector
 from .rope import inverse_frequencies
+from .static_step import StaticDecodeStep
 from .trace import record
 
 COMPUTE_DTYPES = ("float32", "float16")
@@ -40,7 +41,9 @@ class LlavaModel:
     generation stops and pads with (``generation_defaults``), and ``attention``, the function both towers
     attend with: ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention``
     ("eager", the default) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be set
-    there, e.g. ``functools.partial(tiled_attention, block_size=32)``."""
+    there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``cuda_graphs``: generation's decode steps
+    run on fixed shapes (static_step.py), recorded once as a CUDA graph and replayed on CuPy; on NumPy the same
+    fixed-shape step runs unrecorded. Off by default: the plain step is the reference."""
 
     def __init__(
         self,
@@ -50,11 +53,14 @@ class LlavaModel:
         dtype: str = "float32",
         generation_defaults: generate.GenerationDefaults | None = None,
         attn_implementation: str = "eager",
+        cuda_graphs: bool = False,
     ):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.config = config
         self.generation_defaults = generation_defaults or generate.generation_defaults(config)
         self.params = params
@@ -63,6 +69,7 @@ class LlavaModel:
         self.xp = backend.namespace(device)
         self.attn_implementation = attn_implementation
         self.attention = ATTENTION_FUNCTIONS[attn_implementation]  # (q, k, v, mask) -> out, attention.py
+        self.cuda_graphs = cuda_graphs  # generation's decode steps on fixed shapes, recorded on a GPU: static_step.py
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
 
@@ -274,7 +281,8 @@ class LlavaModel:
         pixel_values = self._checked_images(input_ids, pixel_values, None)
         image_features = None if pixel_values is None else self._encode_image(pixel_values)  # [N, L, D]
         cache = self.new_cache(B, min(T + settings["max_new_tokens"], context))
-        tokens = generate.generate_tokens(self.step, cache, input_ids, attention_mask, image_features, **settings)
+        step = StaticDecodeStep(self, cache) if self.cuda_graphs else self.step
+        tokens = generate.generate_tokens(step, cache, input_ids, attention_mask, image_features, **settings)
         return input_ids, tokens
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
