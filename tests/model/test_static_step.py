@@ -85,9 +85,10 @@ def test_with_tiled_attention_or_quantized_weights(tiny_checkpoint, options):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_on_the_device_greedy_tokens_equal_the_plain_step(tiny_checkpoint, device, dtype):
+@pytest.mark.parametrize("variant", ["base", "interleave"], ids=["llava-1.5", "interleave"])
+def test_on_the_device_greedy_tokens_equal_the_plain_step(tiny_checkpoint, device, variant, dtype):
     """On a GPU (`pytest --device cuda`) this records the step as a CUDA graph and replays it."""
-    folder = tiny_checkpoint("base", "fresh", "float32", False)
+    folder = tiny_checkpoint(variant, "fresh", "float32", False)
     plain = minillava.load_model(folder, device=device, dtype=dtype)
     graphs = minillava.load_model(folder, device=device, dtype=dtype, cuda_graphs=True)
     input_ids, attention_mask, pixel_values = make_inputs(plain.config, np.random.default_rng(6), [[3, "img", 2], [6]])
