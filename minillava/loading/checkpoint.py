@@ -51,6 +51,7 @@ def load_model(
     *,
     quantize: str | None = None,
     attn_implementation: str = "eager",
+    fused_kernels: bool = False,
     memory_budget=None,
     blocked_matmul: bool = False,
     threads: int | None = None,
@@ -70,7 +71,9 @@ def load_model(
     QUANTIZE_CHOICES: the language model's linear weights stored as integers and scales (model/quantize.py;
     int8 per row, int4 and nf4 in groups of 64), each quantized as it is read, and turned back into floats where
     it is multiplied; the other weights follow ``low_memory``. attn_implementation: "eager" (the
-    plain attention, the default) or "tiled" (blocks of keys with an online softmax). blocked_matmul: multiply
+    plain attention, the default) or "tiled" (blocks of keys with an online softmax). fused_kernels: the language
+    model's RMSNorm, SwiGLU gating, RoPE and eager softmax as fused kernels (model/fused.py: the same numbers, fewer
+    kernel launches on a GPU; the same code, unfused, on the CPU; off by default). blocked_matmul: multiply
     the language model's weights kept at rest (float16 memory-mapped, or quantized) a block of rows at a time on
     ``threads`` threads (None: one per CPU) in a decode step, instead of casting each whole weight first
     (model/blocked.py: the same numbers to float32 rounding, several times faster; off by default, the plain
@@ -90,6 +93,8 @@ def load_model(
         raise ValueError(f"quantize must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if fused_kernels not in (True, False):
+        raise ValueError(f"fused_kernels must be True or False, got {fused_kernels!r}")
     if low_memory not in (None, True, False):
         raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
     if strict not in (True, False):
@@ -133,6 +138,7 @@ def load_model(
         dtype=dtype,
         generation_defaults=defaults,
         attn_implementation=attn_implementation,
+        fused_kernels=fused_kernels,
     )
 
 

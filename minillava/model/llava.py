@@ -21,6 +21,7 @@ from . import backend, clip, generate, siglip, training
 from .attention import ATTENTION_FUNCTIONS
 from .clip import select_features
 from .config import LlavaConfig
+from .fused import FUSED, PLAIN
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
 from .loss import cross_entropy
@@ -40,7 +41,9 @@ class LlavaModel:
     generation stops and pads with (``generation_defaults``), and ``attention``, the function both towers
     attend with: ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention``
     ("eager", the default) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be set
-    there, e.g. ``functools.partial(tiled_attention, block_size=32)``."""
+    there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``fused_kernels``: the language model's
+    elementwise chains (RMSNorm, SwiGLU's gating, RoPE, eager attention's softmax) as fused kernels (fused.FUSED:
+    the same numbers, fewer kernel launches on a GPU) instead of the plain functions (fused.PLAIN, the default)."""
 
     def __init__(
         self,
@@ -50,11 +53,14 @@ class LlavaModel:
         dtype: str = "float32",
         generation_defaults: generate.GenerationDefaults | None = None,
         attn_implementation: str = "eager",
+        fused_kernels: bool = False,
     ):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+        if fused_kernels not in (True, False):
+            raise ValueError(f"fused_kernels must be True or False, got {fused_kernels!r}")
         self.config = config
         self.generation_defaults = generation_defaults or generate.generation_defaults(config)
         self.params = params
@@ -63,6 +69,7 @@ class LlavaModel:
         self.xp = backend.namespace(device)
         self.attn_implementation = attn_implementation
         self.attention = ATTENTION_FUNCTIONS[attn_implementation]  # (q, k, v, mask) -> out, attention.py
+        self.fused_kernels = fused_kernels
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
 
@@ -160,7 +167,7 @@ class LlavaModel:
         attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
         hidden = language_model(
             self.params["language_model"], embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace,
-            attention=self.attention,
+            attention=self.attention, kernels=FUSED if self.fused_kernels else PLAIN,
         )  # [B, T, D]  # fmt: skip
         if last_only:
             hidden = hidden[:, -1:]  # [B, 1, D]
