@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cuda-graphs", action="store_true", help="with --device cuda: record each decode step once, then replay it"
     )
+    parser.add_argument(
+        "--fused-kernels", action="store_true", help="the language model's elementwise steps as fused GPU kernels"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -126,7 +129,8 @@ def load(args, folder: Path, image=None):
         model = minillava.load_model(folder, device=args.device, dtype=dtype, low_memory=args.low_memory or None,
                                      progress=progress, memory_budget=args.memory_budget, quantize=args.quantize,
                                      attn_implementation=args.attn_implementation, strict=args.strict,
-                                     blocked_matmul=args.device == "cpu", cuda_graphs=args.cuda_graphs)  # fmt: skip
+                                     blocked_matmul=args.device == "cpu", cuda_graphs=args.cuda_graphs,
+                                     fused_kernels=args.fused_kernels)  # fmt: skip
     except LOAD_ERRORS as err:
         raise CliError(f"--model {folder}: {err}") from None
     if shown[0] >= 0:

@@ -47,11 +47,16 @@ def test_smoke_mode_on_the_cpu_runs_all_three_processes_and_writes_the_json(tmp_
     assert set(summary["finite"].values()) == {True}
     assert isinstance(summary["tokens_agree"]["sdpa_vs_eager"], bool)
     assert summary["tokens_agree"]["minillava_vs_transformers"] is None  # different random weights
-    # load_model(..., cuda_graphs=True)'s decode step, minillava's only: on the CPU unrecorded, the same tokens
+    # load_model(..., cuda_graphs=True)'s decode step and fused_kernels=True, minillava's only: on the CPU
+    # unrecorded and unfused, the same tokens
     assert round_["minillava"]["decode_b1_cuda_graphs"] > 0 and round_["minillava"]["decode_b8_cuda_graphs"] > 0
+    assert round_["minillava"]["prefill_fused"] > 0 and round_["minillava"]["decode_b8_fused_cuda_graphs"] > 0
     assert summary["tokens_agree"]["minillava_cuda_graphs_vs_plain"] is True
-    assert summary["decode_b1_cuda_graphs"]["ratio_sdpa"] > 0
-    for line in ("image encode", "prefill", "decode b1 tok/s", "decode b8 tok/s", "cuda_graphs b1", "peak memory"):
+    assert summary["tokens_agree"]["minillava_fused_cuda_graphs_vs_plain"] is True
+    assert summary["decode_b1_cuda_graphs"]["ratio_sdpa"] > 0 and summary["prefill_fused"]["ratio_sdpa"] > 0
+    rows = ("image encode", "prefill", "decode b1 tok/s", "decode b8 tok/s", "graphs b1", "fused prefill",
+            "fused+graphs b8", "peak memory")  # fmt: skip
+    for line in rows:
         assert line in run.stdout, line
 
 

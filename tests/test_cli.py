@@ -254,11 +254,14 @@ def test_no_arguments_answers_the_bundled_samples(capsys):
         assert f"{meta.stem}.png\n  Q: {record['question']}\n  A: {record['answer']}\n" in out
 
 
-def test_cuda_graphs_flag_answers_the_bundled_samples_the_same(capsys):
-    """--cuda-graphs: the fixed-shape decode step (recorded on a GPU; on the CPU it runs unrecorded), same answers."""
+def test_cuda_graphs_and_fused_kernels_flags_answer_the_bundled_samples_the_same(capsys):
+    """--cuda-graphs (the fixed-shape decode step: recorded on a GPU, unrecorded on the CPU) and --fused-kernels
+    (the same bodies, unfused, on the CPU): the same answers."""
     assert cli.main(["--max-new-tokens", "12"]) == 0
     plain = capsys.readouterr().out
     assert cli.main(["--max-new-tokens", "12", "--cuda-graphs"]) == 0
+    assert capsys.readouterr().out == plain
+    assert cli.main(["--max-new-tokens", "12", "--cuda-graphs", "--fused-kernels"]) == 0
     assert capsys.readouterr().out == plain
 
 

@@ -69,9 +69,19 @@ import benchmark  # noqa: E402
 WORKERS = ("minillava", "sdpa", "eager")  # one process each; the last two are Transformers' attention kinds
 NAMES = {"minillava": "minillava", "sdpa": "transformers-sdpa", "eager": "transformers-eager"}
 TIMED = ("image_encode", "prefill", "decode_b1", "decode_b8")  # seconds (a decode entry: one step)
-# minillava's decode with load_model(..., cuda_graphs=True)'s step (model/static_step.py), each against
-# Transformers' plain decode of the same batch (Transformers records no graph by default)
-MINILLAVA_ONLY = {"decode_b1_cuda_graphs": "decode_b1", "decode_b8_cuda_graphs": "decode_b8"}
+# minillava with its GPU options, each against Transformers' default phase of the same batch (Transformers records
+# no graph by default): cuda_graphs=True's decode step (model/static_step.py), and with fused_kernels=True too
+# (model/fused.py), its prefill as well
+MINILLAVA_ONLY = {
+    "decode_b1_cuda_graphs": "decode_b1",
+    "decode_b8_cuda_graphs": "decode_b8",
+    "prefill_fused": "prefill",
+    "decode_b1_fused_cuda_graphs": "decode_b1",
+    "decode_b8_fused_cuda_graphs": "decode_b8",
+}
+ROW_NAMES = {"decode_b1_cuda_graphs": "  graphs b1", "decode_b8_cuda_graphs": "  graphs b8",
+             "prefill_fused": "  fused prefill", "decode_b1_fused_cuda_graphs": "  fused+graphs b1",
+             "decode_b8_fused_cuda_graphs": "  fused+graphs b8"}  # fmt: skip
 BATCH = 8  # the second decode measurement's batch size
 SEED = 0
 
@@ -188,7 +198,7 @@ def run_minillava(args) -> dict:
     decode_b8_s, _ = benchmark.time_decode(step, first_8, cache_8, args.decode_steps)
     del cache, cache_8
 
-    def static_decode(ids, pixels):
+    def static_decode(model, ids, pixels):
         """Greedy decode with ``cuda_graphs=True``'s step (model/static_step.py): the median step and the tokens."""
         B, T = ids.shape
         cache = model.new_cache(B, max_len)
@@ -205,8 +215,19 @@ def run_minillava(args) -> dict:
         step_s, tokens = benchmark.time_decode(static_step, second, cache, args.decode_steps)
         return step_s, [first, *tokens]
 
-    graphs_b1_s, graph_tokens = static_decode(input_ids, pixel_values)
-    graphs_b8_s, _ = static_decode(ids_8, pixels_8)
+    graphs_b1_s, graph_tokens = static_decode(model, input_ids, pixel_values)
+    graphs_b8_s, _ = static_decode(model, ids_8, pixels_8)
+    # The same weights with the language model's elementwise chains fused (model/fused.py): the prefill, and the
+    # decode with both options, as a user who wants the fastest step would load it.
+    fused = LlavaModel(config, model.params, device=args.device, dtype="float16", fused_kernels=True, cuda_graphs=True)
+    fused_prefill_s, _ = benchmark.timed(
+        lambda: fused.forward_device(input_ids, pixel_values=pixel_values, cache=fused.new_cache(1, max_len),
+                                     last_only=True), args.repeats, sync)  # fmt: skip
+    fused_b1_s, fused_tokens = static_decode(fused, input_ids, pixel_values)
+    fused_b8_s, _ = static_decode(fused, ids_8, pixels_8)
+
+    def same_tokens(other):  # the same weights, so the same greedy tokens (random float16 logits may tie: reported)
+        return [int(t[0]) for t in other[: len(tokens)]] == [int(t[0]) for t in tokens]
 
     if args.device == "cuda":
         sync()
@@ -217,8 +238,11 @@ def run_minillava(args) -> dict:
         **phase_record(build_s, encode_s, prefill_s, decode_b1_s, decode_b8_s, peak, finite, tokens, input_ids),
         "decode_b1_cuda_graphs": graphs_b1_s,
         "decode_b8_cuda_graphs": graphs_b8_s,
-        # the same weights, so the same greedy tokens (random float16 logits may tie: reported, not raised)
-        "cuda_graphs_tokens_equal": [int(t[0]) for t in graph_tokens[: len(tokens)]] == [int(t[0]) for t in tokens],
+        "prefill_fused": fused_prefill_s,
+        "decode_b1_fused_cuda_graphs": fused_b1_s,
+        "decode_b8_fused_cuda_graphs": fused_b8_s,
+        "cuda_graphs_tokens_equal": same_tokens(graph_tokens),
+        "fused_cuda_graphs_tokens_equal": same_tokens(fused_tokens),
         "clip_layers_run": config.vision_layers_needed,
         "gpu": gpu,
         "numpy": np.__version__,
@@ -348,7 +372,9 @@ def summarize(rounds: list[dict]) -> dict:
         summary[phase] = entry
     for phase, plain in MINILLAVA_ONLY.items():
         seconds = statistics.median(r["minillava"][phase] for r in rounds)
-        entry = {"minillava_s": seconds, "minillava_tokens_per_s": (BATCH if plain == "decode_b8" else 1) / seconds}
+        entry = {"minillava_s": seconds}
+        if plain.startswith("decode"):
+            entry["minillava_tokens_per_s"] = (BATCH if plain == "decode_b8" else 1) / seconds
         for other in WORKERS[1:]:
             ratios = [r["minillava"][phase] / r[other][plain] for r in rounds]
             entry[f"ratio_{other}"] = statistics.median(ratios)
@@ -360,6 +386,7 @@ def summarize(rounds: list[dict]) -> dict:
         "sdpa_vs_eager": all(r["sdpa"]["tokens"] == r["eager"]["tokens"] for r in rounds),
         "minillava_vs_transformers": None,  # different random weights: no agreement to expect
         "minillava_cuda_graphs_vs_plain": all(r["minillava"]["cuda_graphs_tokens_equal"] for r in rounds),
+        "minillava_fused_cuda_graphs_vs_plain": all(r["minillava"]["fused_cuda_graphs_tokens_equal"] for r in rounds),
     }
     return summary
 
@@ -392,8 +419,9 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"up once + {args.repeats} repeat(s), median; ratio = minillava / Transformers, median of the rounds'",
         "finite     " + ", ".join(f"{n} {'yes' if ok else 'NO (NaN or inf)'}" for n, ok in summary["finite"].items()),
         f"tokens     sdpa and eager agree: {'yes' if summary['tokens_agree']['sdpa_vs_eager'] else 'no'}; minillava "
-        "holds other random weights, its tokens are not compared with theirs; minillava's cuda_graphs step and its "
-        f"plain step agree: {'yes' if summary['tokens_agree']['minillava_cuda_graphs_vs_plain'] else 'no'}",
+        "holds other random weights, its tokens are not compared with theirs; minillava's plain step and its "
+        f"cuda_graphs step agree: {'yes' if summary['tokens_agree']['minillava_cuda_graphs_vs_plain'] else 'no'}, "
+        f"with fused_kernels too: {'yes' if summary['tokens_agree']['minillava_fused_cuda_graphs_vs_plain'] else 'no'}",
         "",
         f"{'phase':<16}{'minillava':>12}{'T. sdpa':>12}{'T. eager':>12}{'/sdpa':>8}{'/eager':>8}",
     ]
@@ -407,13 +435,17 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
             cells = "".join(f"{v * 1e3:>10.1f}ms" for v in values)
             name = phase.replace("_", " ")
         lines.append(f"{name:<16}{cells}{s['ratio_sdpa']:>8.2f}{s['ratio_eager']:>8.2f}")
-    for phase, plain in MINILLAVA_ONLY.items():  # Transformers' columns: its plain decode, as in the rows above
+    lines.append("minillava with its GPU options (Transformers' columns: its default, as above)")
+    for phase, plain in MINILLAVA_ONLY.items():
         s = summary[phase]
-        name = f"  cuda_graphs b{BATCH if plain == 'decode_b8' else 1}"
-        cells = f"{s['minillava_tokens_per_s']:>10.1f}/s" + "".join(
-            f"{summary[plain][f'{NAMES[w]}_tokens_per_s']:>10.1f}/s" for w in WORKERS[1:]
-        )
-        lines.append(f"{name:<16}{cells}{s['ratio_sdpa']:>8.2f}{s['ratio_eager']:>8.2f}")
+        if plain.startswith("decode"):
+            cells = f"{s['minillava_tokens_per_s']:>10.1f}/s" + "".join(
+                f"{summary[plain][f'{NAMES[w]}_tokens_per_s']:>10.1f}/s" for w in WORKERS[1:]
+            )
+        else:
+            cells = "".join(f"{v * 1e3:>10.1f}ms" for v in [s["minillava_s"]] + [summary[plain][f"{NAMES[w]}_s"]
+                                                                                 for w in WORKERS[1:]])  # fmt: skip
+        lines.append(f"{ROW_NAMES[phase]:<16}{cells}{s['ratio_sdpa']:>8.2f}{s['ratio_eager']:>8.2f}")
     peaks = summary["peak_memory_bytes"]
     kinds = ", ".join(dict.fromkeys(first[w]["peak_memory_kind"] for w in WORKERS))
     cells = "".join(f"{peaks[NAMES[w]] / gib:>10.2f}GB" for w in WORKERS)
@@ -454,19 +486,20 @@ def main(argv=None) -> None:
             print(f"round {i + 1}/{args.rounds}: {NAMES[name]} ...", file=sys.stderr, flush=True)
             result[name] = spawn(name, args)
         rounds.append(result)
-    summary = summarize(rounds)
-    print(report(cfg, rounds, summary, args))
-    print(f"wall       {time.perf_counter() - start:.0f} s", flush=True)
-    if args.json:
-        settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json")}
-        payload = {
-            "settings": settings,
-            "config": cfg,
-            "batch_sizes": [1, BATCH],
-            "summary": summary,
-            "rounds": [{NAMES[w]: r[w] for w in WORKERS} for r in rounds],
-        }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        summary = summarize(rounds)
+        print(report(cfg, rounds, summary, args))  # after every round: a run cut short keeps the rounds it finished
+        print(f"wall       {time.perf_counter() - start:.0f} s ({i + 1} of {args.rounds} rounds)", flush=True)
+        if args.json:
+            settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json")}
+            payload = {
+                "settings": settings,
+                "config": cfg,
+                "batch_sizes": [1, BATCH],
+                "rounds_done": i + 1,
+                "summary": summary,
+                "rounds": [{NAMES[w]: r[w] for w in WORKERS} for r in rounds],
+            }
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@
 # 1. the tests that compare minillava with Transformers, with minillava on the GPU (`pytest --device cuda`
 #    selects them; Transformers stays on the CPU in float32, so the tolerances are the CPU's: float32 parity);
 # 2. `python -m minillava --device cuda`: the bundled demo's sample questions, answered on the GPU (float16), then
-#    again with --cuda-graphs (the decode steps recorded as a CUDA graph), which must answer the same;
+#    again with --cuda-graphs --fused-kernels (the decode steps recorded as a CUDA graph, the language model's
+#    elementwise chains as fused kernels), which must answer the same;
 # 3. tools/benchmark_gpu_7b.py: llava-1.5-7b at full size (32 + 24 layers), random float16 weights made on the
 #    GPU, minillava against Transformers sdpa and eager (image encode, prefill, decode at batch 1 and 8, peak
-#    memory); with DEVICE=cpu its --smoke mode (tiny sizes), since a 7B on the CPU would not fit the time limit;
+#    memory; minillava also with cuda_graphs and fused_kernels); it writes its JSON after each round, so a round
+#    cut short by the time limit leaves the ones before; with DEVICE=cpu its --smoke mode (tiny sizes), since a 7B
+#    on the CPU would not fit the time limit;
 # 4. tools/benchmark.py --device cuda, float32 and float16 (llava-1.5-7b widths, 2 text + 2 CLIP layers).
 # Each step has its own time limit and writes its output as it goes, so a step that fails or runs out of
 # time leaves the others' results. The whole run has a budget, 8 minutes of GPU time (BUDGET_S=seconds to
@@ -57,9 +60,9 @@ cat "$out/env.txt"
 
 step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device"  # the tests that use the device
 step cli 60 python -m minillava --device "$device"
-step cli-cuda-graphs 60 python -m minillava --device "$device" --cuda-graphs  # decode steps recorded, replayed
-if cmp -s "$out/cli.txt" "$out/cli-cuda-graphs.txt"; then same=yes; else same=NO; fi
-echo "cli-cuda-graphs: the same answers as the plain step: $same" | tee -a "$out/summary.txt"
+step cli-fast 60 python -m minillava --device "$device" --cuda-graphs --fused-kernels  # recorded steps, fused kernels
+if cmp -s "$out/cli.txt" "$out/cli-fast.txt"; then same=yes; else same=NO; fi
+echo "cli-fast: the same answers as the plain functions and step: $same" | tee -a "$out/summary.txt"
 smoke=(); [ "$device" = cpu ] && smoke=(--smoke)  # a 7B on the CPU would not fit: there, only the script is checked
 step bench-7b-full 180 python tools/benchmark_gpu_7b.py --device "$device" "${smoke[@]}" \
     --json "$out/bench-7b-full.json"

@@ -51,6 +51,7 @@ def load_model(
     *,
     quantize: str | None = None,
     attn_implementation: str = "eager",
+    fused_kernels: bool = False,
     memory_budget=None,
     blocked_matmul: bool = False,
     threads: int | None = None,
@@ -71,7 +72,9 @@ def load_model(
     QUANTIZE_CHOICES: the language model's linear weights stored as integers and scales (model/quantize.py;
     int8 per row, int4 and nf4 in groups of 64), each quantized as it is read, and turned back into floats where
     it is multiplied; the other weights follow ``low_memory``. attn_implementation: "eager" (the
-    plain attention, the default) or "tiled" (blocks of keys with an online softmax). blocked_matmul: multiply
+    plain attention, the default) or "tiled" (blocks of keys with an online softmax). fused_kernels: the language
+    model's RMSNorm, SwiGLU gating, RoPE and eager softmax as fused kernels (model/fused.py: the same numbers, fewer
+    kernel launches on a GPU; the same code, unfused, on the CPU; off by default). blocked_matmul: multiply
     the language model's weights kept at rest (float16 memory-mapped, or quantized) a block of rows at a time on
     ``threads`` threads (None: one per CPU) in a decode step, instead of casting each whole weight first
     (model/blocked.py: the same numbers to float32 rounding, several times faster; off by default, the plain
@@ -94,13 +97,15 @@ def load_model(
         raise ValueError(f"quantize must be None or one of {QUANTIZE_CHOICES}, got {quantize!r}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
-    if low_memory not in (None, True, False):
+    if not isinstance(fused_kernels, bool):
+        raise ValueError(f"fused_kernels must be True or False, got {fused_kernels!r}")
+    if low_memory is not None and not isinstance(low_memory, bool):  # 1 == True in Python: not a choice here
         raise ValueError(f"low_memory must be None (choose), True or False, got {low_memory!r}")
-    if strict not in (True, False):
+    if not isinstance(strict, bool):
         raise ValueError(f"strict must be True or False, got {strict!r}")
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
-    if blocked_matmul not in (True, False):
+    if not isinstance(blocked_matmul, bool):
         raise ValueError(f"blocked_matmul must be True or False, got {blocked_matmul!r}")
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         raise ValueError(f"threads must be None (one per CPU) or a positive int, got {threads!r}")
@@ -139,6 +144,7 @@ def load_model(
         dtype=dtype,
         generation_defaults=defaults,
         attn_implementation=attn_implementation,
+        fused_kernels=fused_kernels,
         cuda_graphs=cuda_graphs,
     )
 

@@ -7,6 +7,8 @@
 
 ``attention`` is the attention function every layer calls: ``scaled_dot_product_attention`` (the plain one,
 the default) or ``tiled_attention`` (attention.py: the same numbers, by blocks), as LlavaModel chooses.
+``kernels`` is the set of elementwise chains the layers use (RMSNorm, the MLP's gating, the rotation, eager
+attention's softmax): ``PLAIN`` (the default) or ``FUSED`` (fused.py: the same numbers in fewer GPU kernels).
 
 Shape letters: B = batch, T = new positions in this call, Tk = all key positions (cached + new),
 D = hidden size, F = MLP size, H = query heads, KV = key/value heads, hd = head_dim, V = vocab.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from .attention import attention_backward, causal_mask, merge_heads, scaled_dot_product_attention, split_heads
 from .backend import xp_of
+from .fused import PLAIN
 from .layers import activation, activation_backward, linear, linear_param_grads, rms_norm, rms_norm_backward
 from .rope import apply_rotary, apply_rotary_backward, rotary_cos_sin
 from .trace import record
@@ -26,7 +29,9 @@ def embed_tokens(weight, input_ids):
     return weight[input_ids]
 
 
-def self_attention(params, x, cos, sin, mask, cfg, cache=None, layer=0, attention=scaled_dot_product_attention):
+def self_attention(
+    params, x, cos, sin, mask, cfg, cache=None, layer=0, attention=scaled_dot_product_attention, kernels=PLAIN
+):
     """LlamaAttention with rotary embeddings, grouped-query heads and an optional KV cache.
 
     x: [B, T, D], cos/sin: [B, T, hd], mask: [B, 1, T, Tk]  ->  [B, T, D]
@@ -34,42 +39,47 @@ def self_attention(params, x, cos, sin, mask, cfg, cache=None, layer=0, attentio
     q = split_heads(linear(x, **params["q_proj"]), cfg.num_attention_heads)  # [B, H, T, hd]
     k = split_heads(linear(x, **params["k_proj"]), cfg.num_key_value_heads)  # [B, KV, T, hd]
     v = split_heads(linear(x, **params["v_proj"]), cfg.num_key_value_heads)  # [B, KV, T, hd]
-    q = apply_rotary(q, cos, sin)  # [B, H, T, hd]
-    k = apply_rotary(k, cos, sin)  # [B, KV, T, hd]  (cached keys are stored already rotated)
+    q = kernels.apply_rotary(q, cos, sin)  # [B, H, T, hd]
+    k = kernels.apply_rotary(k, cos, sin)  # [B, KV, T, hd]  (cached keys are stored already rotated)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [B, KV, Tk, hd]
+    # Eager attention is the kernel set's (PLAIN's is this same function, FUSED's fuses its softmax); any other
+    # (tiled attention, with its own online softmax) is used as given.
+    if attention is scaled_dot_product_attention:
+        attention = kernels.attention
     out = merge_heads(attention(q, k, v, mask))  # [B, T, H*hd]
     return linear(out, **params["o_proj"])  # [B, T, D]
 
 
-def mlp(params, x, hidden_act="silu"):
+def mlp(params, x, hidden_act="silu", kernels=PLAIN):
     """LlamaMLP, the SwiGLU feed-forward (Shazeer 2020): down(act(gate(x)) * up(x)).  [B, T, D] -> [B, T, D]"""
-    gate = activation(hidden_act)(linear(x, **params["gate_proj"]))  # [B, T, F]
+    gate = linear(x, **params["gate_proj"])  # [B, T, F]
     up = linear(x, **params["up_proj"])  # [B, T, F]
-    gate *= up  # [B, T, F]  act(gate(x)) * up(x), in place: both are this function's own arrays
-    return linear(gate, **params["down_proj"])  # [B, T, D]
+    h = kernels.gated_activation(gate, up, hidden_act)  # [B, T, F]  act(gate(x)) * up(x)
+    return linear(h, **params["down_proj"])  # [B, T, D]
 
 
 def decoder_layer(
-    params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=None, attention=scaled_dot_product_attention
-):
+    params, x, cos, sin, mask, cfg, cache=None, layer=0, trace=None, attention=scaled_dot_product_attention,
+    kernels=PLAIN,
+):  # fmt: skip
     """LlamaDecoderLayer: pre-RMSNorm attention and MLP, each added to the residual stream.  [B, T, D] -> same"""
     name = f"language_model.layers.{layer}"
-    h = rms_norm(x, params["input_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    h = kernels.rms_norm(x, params["input_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
     record(trace, f"{name}.input_layernorm", h)
-    h = self_attention(params["self_attn"], h, cos, sin, mask, cfg, cache, layer, attention)  # [B, T, D]
+    h = self_attention(params["self_attn"], h, cos, sin, mask, cfg, cache, layer, attention, kernels)  # [B, T, D]
     record(trace, f"{name}.self_attn", h)
     x = x + h  # [B, T, D]
-    h = rms_norm(x, params["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    h = kernels.rms_norm(x, params["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
     record(trace, f"{name}.post_attention_layernorm", h)
-    h = mlp(params["mlp"], h, cfg.hidden_act)  # [B, T, D]
+    h = mlp(params["mlp"], h, cfg.hidden_act, kernels)  # [B, T, D]
     record(trace, f"{name}.mlp", h)
     return x + h  # [B, T, D]
 
 
 def language_model(
     params, inputs_embeds, attention_mask, position_ids, inv_freq, cfg, cache=None, trace=None,
-    attention=scaled_dot_product_attention,
+    attention=scaled_dot_product_attention, kernels=PLAIN,
 ):  # fmt: skip
     """LlamaModel: all decoder layers and the final norm.
 
@@ -83,11 +93,11 @@ def language_model(
     mask = causal_mask(attention_mask, inputs_embeds.shape[1], start)  # [B, 1, T, Tk]
     x = inputs_embeds  # [B, T, D]
     for i, layer_params in enumerate(params["layers"]):
-        x = decoder_layer(layer_params, x, cos, sin, mask, cfg, cache, i, trace, attention)  # [B, T, D]
+        x = decoder_layer(layer_params, x, cos, sin, mask, cfg, cache, i, trace, attention, kernels)  # [B, T, D]
         record(trace, f"language_model.layers.{i}", x)
     if cache is not None:
         cache.advance(inputs_embeds.shape[1])
-    x = rms_norm(x, params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
+    x = kernels.rms_norm(x, params["norm"]["weight"], cfg.rms_norm_eps)  # [B, T, D]
     record(trace, "language_model.norm", x)
     return x
 

@@ -21,6 +21,7 @@ from . import backend, clip, generate, siglip, training
 from .attention import ATTENTION_FUNCTIONS
 from .clip import select_features
 from .config import LlavaConfig
+from .fused import FUSED, PLAIN
 from .kv_cache import KVCache
 from .llama import embed_tokens, language_model, lm_head
 from .loss import cross_entropy
@@ -41,9 +42,12 @@ class LlavaModel:
     generation stops and pads with (``generation_defaults``), and ``attention``, the function both towers
     attend with: ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention``
     ("eager", the default) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be set
-    there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``cuda_graphs``: generation's decode steps
-    run on fixed shapes (static_step.py), recorded once as a CUDA graph and replayed on CuPy; on NumPy the same
-    fixed-shape step runs unrecorded. Off by default: the plain step is the reference."""
+    there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``fused_kernels``: the language model's
+    elementwise chains (RMSNorm, SwiGLU's gating, RoPE, eager attention's softmax) as fused kernels (fused.FUSED:
+    the same numbers, fewer kernel launches on a GPU) instead of the plain functions (fused.PLAIN, the default).
+    ``cuda_graphs``: generation's decode steps run on fixed shapes (static_step.py), recorded once as a CUDA graph
+    and replayed on CuPy; on NumPy the same fixed-shape step runs unrecorded. Both off by default: the plain
+    functions and the plain step are the reference."""
 
     def __init__(
         self,
@@ -53,12 +57,15 @@ class LlavaModel:
         dtype: str = "float32",
         generation_defaults: generate.GenerationDefaults | None = None,
         attn_implementation: str = "eager",
+        fused_kernels: bool = False,
         cuda_graphs: bool = False,
     ):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+        if not isinstance(fused_kernels, bool):
+            raise ValueError(f"fused_kernels must be True or False, got {fused_kernels!r}")
         if not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.config = config
@@ -69,6 +76,8 @@ class LlavaModel:
         self.xp = backend.namespace(device)
         self.attn_implementation = attn_implementation
         self.attention = ATTENTION_FUNCTIONS[attn_implementation]  # (q, k, v, mask) -> out, attention.py
+        self.fused_kernels = fused_kernels
+        self.kernels = FUSED if fused_kernels else PLAIN  # the language model's elementwise chains: fused.py
         self.cuda_graphs = cuda_graphs  # generation's decode steps on fixed shapes, recorded on a GPU: static_step.py
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]
@@ -167,7 +176,7 @@ class LlavaModel:
         attention_mask, position_ids = xp.asarray(attention_mask), xp.asarray(position_ids)  # [B, Tk], [B, T]
         hidden = language_model(
             self.params["language_model"], embeds, attention_mask, position_ids, self.inv_freq, cfg.text, cache, trace,
-            attention=self.attention,
+            attention=self.attention, kernels=self.kernels,
         )  # [B, T, D]  # fmt: skip
         if last_only:
             hidden = hidden[:, -1:]  # [B, 1, D]

@@ -19,9 +19,10 @@ recomputing from its own inputs would only repeat itself).
 ``RECIPES`` is the one table: each entry, the entries it is recomputed from and the function that recomputes it,
 with the checkpoint's weights (``model.params``) in the model's dtype and on its device. Every function is
 called through the model module whose code the forward runs (``llava.select_features`` is what LlavaModel
-calls, ``llama.rms_norm`` what a decoder layer calls), so that the recompute runs exactly what minillava's forward
-runs. Positions are 0 .. T - 1, as in a plain forward (Transformers' too); padding positions of the inputs are
-set to 0 first: every module masks or ignores them, and a NaN there would spread through attention's 0 x NaN.
+calls, ``model.kernels.rms_norm`` what a decoder layer calls: the plain one, or the fused one with
+fused_kernels=True), so that the recompute runs exactly what minillava's forward runs. Positions are 0 .. T - 1,
+as in a plain forward (Transformers' too); padding positions of the inputs are set to 0 first: every module masks
+or ignores them, and a NaN there would spread through attention's 0 x NaN.
 
 Shape letters: N = images, L = vision tokens (CLS + patches for CLIP), Li = image tokens per image, Dv = vision
 width (Dv' with several selected layers), B = batch, T = positions, D = text width, hd = head_dim, V = vocab;
@@ -129,34 +130,34 @@ def _positions_and_mask(model, attention_mask, T):
 
 def input_layernorm(model, i, x):
     weight, eps = _text_layer(model, i)["input_layernorm"]["weight"], model.config.text.rms_norm_eps
-    return llama.rms_norm(x, weight, eps)  # [B, T, D]
+    return model.kernels.rms_norm(x, weight, eps)  # [B, T, D]
 
 
 def text_self_attn(model, i, h, attention_mask):
     cos, sin, mask = _positions_and_mask(model, attention_mask, h.shape[1])
     params, cfg = _text_layer(model, i)["self_attn"], model.config.text
-    return llama.self_attention(params, h, cos, sin, mask, cfg, attention=model.attention)  # [B, T, D]
+    return llama.self_attention(params, h, cos, sin, mask, cfg, attention=model.attention, kernels=model.kernels)
 
 
 def post_attention_layernorm(model, i, x, attn):
     x = x + attn  # [B, T, D]  the residual stream after the attention branch
     weight, eps = _text_layer(model, i)["post_attention_layernorm"]["weight"], model.config.text.rms_norm_eps
-    return llama.rms_norm(x, weight, eps)  # [B, T, D]
+    return model.kernels.rms_norm(x, weight, eps)  # [B, T, D]
 
 
 def text_mlp(model, i, h):
-    return llama.mlp(_text_layer(model, i)["mlp"], h, model.config.text.hidden_act)  # [B, T, D]
+    return llama.mlp(_text_layer(model, i)["mlp"], h, model.config.text.hidden_act, model.kernels)  # [B, T, D]
 
 
 def text_layer(model, i, x, attention_mask):
     cos, sin, mask = _positions_and_mask(model, attention_mask, x.shape[1])
     return llama.decoder_layer(_text_layer(model, i), x, cos, sin, mask, model.config.text, layer=i,
-                               attention=model.attention)  # [B, T, D]  # fmt: skip
+                               attention=model.attention, kernels=model.kernels)  # [B, T, D]  # fmt: skip
 
 
 def final_norm(model, i, x):
     weight, eps = model.params["language_model"]["norm"]["weight"], model.config.text.rms_norm_eps
-    return llama.rms_norm(x, weight, eps)  # [B, T, D]
+    return model.kernels.rms_norm(x, weight, eps)  # [B, T, D]
 
 
 def lm_head(model, i, x):

@@ -118,6 +118,7 @@ def test_the_path_of_a_file_in_the_folder_names_the_folder(folder, file):
     ("kwargs", "match"),
     [(dict(device="tpu"), "device"), (dict(dtype="bfloat16"), "dtype must be one of"),
      (dict(quantize="int3"), "quantize must be None or one of"), (dict(strict="yes"), "strict must be True or False"),
+     (dict(strict=1), "strict must be True or False, got 1"), (dict(low_memory=0), "low_memory must be None .*got 0"),
      (dict(low_memory="auto"), "low_memory must be"), (dict(threads=0), "threads must be")],
 )  # fmt: skip
 def test_bad_arguments(folder, kwargs, match):

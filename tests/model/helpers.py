@@ -82,3 +82,19 @@ def central_difference(f, x, index, h=1e-6):
     down = f(x)
     x[index] = saved
     return (up - down) / (2 * h)
+
+
+def logits_in_steps(model, input_ids, attention_mask, pixel_values):
+    """The logits of a prompt whose last 6 positions are text, run through the model's KV cache as a prefill, a
+    4-token step and two one-token steps (the decode shapes): [B, T, V]."""
+    B, T = input_ids.shape
+    cache = model.new_cache(B, T)
+    steps = [(0, T - 6), (T - 6, T - 2), (T - 2, T - 1), (T - 1, T)]  # prefill, 4 tokens, 1, 1
+    return np.concatenate(
+        [
+            model.forward(input_ids[:, a:b], pixel_values=pixel_values if a == 0 else None,
+                          attention_mask=attention_mask[:, :b], cache=cache)
+            for a, b in steps
+        ],
+        axis=1,
+    )  # fmt: skip

@@ -40,8 +40,8 @@ from .test_training import make_labels
 CUPY_NAMES = {
     "abs", "add", "arange", "argsort", "ascontiguousarray", "asarray", "broadcast_to", "clip", "concatenate", "cos",
     "cumsum", "divide", "empty", "exp", "finfo", "float16", "float32", "float64", "full", "full_like", "inf",
-    "int8", "int32", "int64", "isfinite", "log", "maximum", "pad", "promote_types", "repeat", "rint", "sin", "sort",
-    "sqrt", "stack", "subtract", "tanh", "uint8", "where", "zeros", "zeros_like",
+    "int8", "int32", "int64", "isfinite", "log", "max", "maximum", "pad", "promote_types", "repeat", "rint", "sin",
+    "sort", "sqrt", "stack", "subtract", "sum", "tanh", "uint8", "where", "zeros", "zeros_like",
 }  # fmt: skip
 
 
@@ -205,7 +205,7 @@ def on_guard(model):
     params = _map_arrays(lambda a: GUARD.asarray(np.ascontiguousarray(a)), model.params)
     guarded = LlavaModel(
         model.config, params, dtype=str(model.dtype), generation_defaults=model.generation_defaults,
-        attn_implementation=model.attn_implementation,
+        attn_implementation=model.attn_implementation, fused_kernels=model.fused_kernels,
     )  # fmt: skip
     text = model.config.text
     guarded.xp = GUARD
@@ -309,6 +309,20 @@ def test_tiled_attention_equals_numpy(cpu_and_guarded):
     input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(3), [[4, "img", 3]])
     kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask}
     assert np.array_equal(on_guard(tiled).forward(input_ids, **kwargs), tiled.forward(input_ids, **kwargs))
+
+
+def test_fused_kernels_equal_numpy(cpu_and_guarded):
+    """fused_kernels=True: the fused bodies (model/fused.py) run unfused on the stand-in, as on NumPy, so they must
+    take only CuPy's names (xp.sum and xp.max are cupy.sum and cupy.max) and bring nothing to the host."""
+    model, _ = cpu_and_guarded
+    with_fused = minillava.model.llava.LlavaModel(
+        model.config, model.params, generation_defaults=model.generation_defaults, fused_kernels=True
+    )
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(6), [[4, "img", 3], [2]])
+    kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask}
+    assert np.array_equal(on_guard(with_fused).forward(input_ids, **kwargs), with_fused.forward(input_ids, **kwargs))
+    kwargs["max_new_tokens"] = 4
+    assert np.array_equal(on_guard(with_fused).generate(input_ids, **kwargs), with_fused.generate(input_ids, **kwargs))
 
 
 @pytest.mark.parametrize("scheme", ["int8", "nf4"])

@@ -74,8 +74,9 @@ def test_each_decode_steps_logits_equal_the_plain_steps(plain_model):
     assert max(errors) <= STEP_TOL, errors
 
 
-@pytest.mark.parametrize("options", [{"attn_implementation": "tiled"}, {"quantize": "int8"}], ids=["tiled", "int8"])
-def test_with_tiled_attention_or_quantized_weights(tiny_checkpoint, options):
+@pytest.mark.parametrize("options", [{"attn_implementation": "tiled"}, {"quantize": "int8"}, {"fused_kernels": True}],
+                         ids=["tiled", "int8", "fused"])  # fmt: skip
+def test_with_tiled_attention_quantized_weights_or_fused_kernels(tiny_checkpoint, options):
     folder = tiny_checkpoint("base", "fresh", "float32", False)
     plain = minillava.load_model(folder, **options)
     graphs = minillava.load_model(folder, cuda_graphs=True, **options)
@@ -87,13 +88,17 @@ def test_with_tiled_attention_or_quantized_weights(tiny_checkpoint, options):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("variant", ["base", "interleave"], ids=["llava-1.5", "interleave"])
 def test_on_the_device_greedy_tokens_equal_the_plain_step(tiny_checkpoint, device, variant, dtype):
-    """On a GPU (`pytest --device cuda`) this records the step as a CUDA graph and replays it."""
+    """On a GPU (`pytest --device cuda`) this records the step as a CUDA graph and replays it, with the plain
+    functions and with the fused kernels (test_fused.py checks each kernel against its plain twin)."""
     folder = tiny_checkpoint(variant, "fresh", "float32", False)
     plain = minillava.load_model(folder, device=device, dtype=dtype)
     graphs = minillava.load_model(folder, device=device, dtype=dtype, cuda_graphs=True)
+    fused = minillava.load_model(folder, device=device, dtype=dtype, cuda_graphs=True, fused_kernels=True)
     input_ids, attention_mask, pixel_values = make_inputs(plain.config, np.random.default_rng(6), [[3, "img", 2], [6]])
     kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask, "max_new_tokens": 10}
-    assert np.array_equal(graphs.generate(input_ids, **kwargs), plain.generate(input_ids, **kwargs))
+    expected = plain.generate(input_ids, **kwargs)
+    assert np.array_equal(graphs.generate(input_ids, **kwargs), expected)
+    assert np.array_equal(fused.generate(input_ids, **kwargs), expected)  # the recording of the fused kernels
 
 
 def test_the_demo_answers_the_same():

@@ -17,7 +17,7 @@ from minillava import parity
 from minillava.model import attention
 from minillava.model.kv_cache import KVCache
 
-from .helpers import BATCH, LOGITS_TOL, hf_logits, make_inputs, rel_err
+from .helpers import BATCH, LOGITS_TOL, hf_logits, logits_in_steps, make_inputs, rel_err
 
 TILED_TOL = 1e-6  # tiled vs plain, float32: the same sums in another order
 # The whole model, tiled against eager: each attention call differs by float32 rounding alone (TILED_TOL), which
@@ -198,21 +198,8 @@ def test_cached_steps_equal_the_eager_ones(eager_and_tiled):
     tiled.attention = functools.partial(attention.tiled_attention, block_size=5)
     layout = [[3, "img", 5, "img", 8], [4, "img", 11]]  # the last 6 positions are text: steps after the images
     input_ids, attention_mask, pixel_values = make_inputs(eager.config, np.random.default_rng(1), layout)
-    B, T = input_ids.shape
-    logits = {}
-    for name, model in (("eager", eager), ("tiled", tiled)):
-        cache = model.new_cache(B, T)
-        steps = [(0, T - 6), (T - 6, T - 2), (T - 2, T - 1), (T - 1, T)]  # prefill, 4 tokens, 1, 1
-        logits[name] = np.concatenate(
-            [
-                model.forward(
-                    input_ids[:, a:b], pixel_values=pixel_values if a == 0 else None,
-                    attention_mask=attention_mask[:, :b], cache=cache,
-                )
-                for a, b in steps
-            ],
-            axis=1,
-        )  # fmt: skip
+    logits = {name: logits_in_steps(model, input_ids, attention_mask, pixel_values)
+              for name, model in (("eager", eager), ("tiled", tiled))}  # fmt: skip
     assert rel_err(logits["tiled"], logits["eager"]) <= MODEL_TOL
 
 
