@@ -23,11 +23,19 @@ def pytest_addoption(parser):
         "or $MINILLAVA_TEST_DEVICE)",
     )
 
+    parser.addoption(
+        "--only-device-tests",
+        action="store_true",
+        help="run only the tests that `--device cuda` runs, on the device given (tools/gpu_check.sh with DEVICE=cpu "
+        "checks itself this way)",
+    )
+
 
 def pytest_collection_modifyitems(config, items):
-    """With `--device cuda`, run only the tests that put minillava on the device (those that take the `device`
-    fixture, directly or through another fixture): the rest do not depend on it and ran on the CPU already."""
-    if config.getoption("--device") == "cpu":
+    """With `--device cuda` (or `--only-device-tests`), run only the tests that put minillava on the device (those
+    that take the `device` fixture, directly or through another fixture): the rest do not depend on it and ran on
+    the CPU already."""
+    if config.getoption("--device") == "cpu" and not config.getoption("--only-device-tests"):
         return
     selected = [item for item in items if "device" in getattr(item, "fixturenames", ())]
     config.hook.pytest_deselected(items=[item for item in items if item not in selected])

@@ -58,7 +58,7 @@ EOF
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device"  # the tests that use the device
+step pytest 200 python -m pytest -q -p no:cacheprovider --device "$device" --only-device-tests  # those that use it
 step cli 60 python -m minillava --device "$device"
 step cli-fast 60 python -m minillava --device "$device" --cuda-graphs --fused-kernels  # recorded steps, fused kernels
 if cmp -s "$out/cli.txt" "$out/cli-fast.txt"; then same=yes; else same=NO; fi

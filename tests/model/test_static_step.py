@@ -16,7 +16,7 @@ import pytest
 
 import minillava
 from minillava.demo import demo_folder
-from minillava.model import backend
+from minillava.model import backend, static_step
 from minillava.model.llava import LlavaModel
 from minillava.model.static_step import StaticDecodeStep
 
@@ -115,6 +115,48 @@ def test_the_demo_answers_the_same():
         kwargs = {"pixel_values": inputs["pixel_values"], "attention_mask": inputs["attention_mask"]}
         ours = graphs.generate(inputs["input_ids"], max_new_tokens=12, **kwargs)
         assert np.array_equal(ours, model.generate(inputs["input_ids"], max_new_tokens=12, **kwargs)), sample.name
+
+
+def test_the_record_and_replay_flow_with_a_stand_in_recorder(plain_model, monkeypatch):
+    """The CuPy flow, its recording emulated on NumPy: the first decode step runs as it is, the second is recorded
+    once, every step from then on is a launch of that recording, and each returns the recording's own logits array
+    (a replay writes the same addresses). The tokens are the plain step's."""
+    graphs, returned = [], []
+
+    class StandInGraph:
+        def __init__(self, fn, logits):
+            self.fn, self.logits, self.launches = fn, logits, 0
+
+        def launch(self):
+            self.launches += 1
+            self.logits[...] = self.fn()  # a replay writes its results into the arrays made when it was recorded
+
+    def record(fn):  # a real recording runs nothing; running the step here writes the same keys and values twice
+        graph = StandInGraph(fn, fn().copy())
+        graphs.append(graph)
+        return graph, graph.logits, "the graph's pool"
+
+    init, call = StaticDecodeStep.__init__, StaticDecodeStep.__call__
+
+    def recordable_init(self, model, cache):
+        init(self, model, cache)
+        self.recordable = True  # as on CuPy
+
+    def noted_call(self, *args, **kwargs):
+        returned.append(call(self, *args, **kwargs))
+        return returned[-1]
+
+    monkeypatch.setattr(static_step, "record_cuda_graph", record)
+    monkeypatch.setattr(StaticDecodeStep, "__init__", recordable_init)
+    monkeypatch.setattr(StaticDecodeStep, "__call__", noted_call)
+    input_ids, attention_mask, pixel_values = make_inputs(plain_model.config, np.random.default_rng(8),
+                                                          [[3, "img", 2], [5]])  # fmt: skip
+    kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask, "max_new_tokens": 8, "eos_token_id": None}
+    ours = with_graphs(plain_model).generate(input_ids, **kwargs)
+    assert np.array_equal(ours, plain_model.generate(input_ids, **kwargs))
+    (graph,) = graphs  # recorded once, at the second decode step
+    assert len(returned) == 8 and graph.launches == 6  # the prompt, 7 decode steps: 1 as it is, 6 launches
+    assert all(logits is graph.logits for logits in returned[2:])
 
 
 # -- what makes the step recordable, on the stand-in device -------------------------------------------------
