@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cuda-graphs", action="store_true", help="with --device cuda: record each decode step once, then replay it"
     )
     parser.add_argument(
-        "--fused-kernels", action="store_true", help="the language model's elementwise steps as fused GPU kernels"
+        "--fused-kernels", action="store_true", help="RMSNorm, SwiGLU, RoPE and the softmax as fused GPU kernels"
     )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

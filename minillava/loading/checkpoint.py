@@ -73,8 +73,9 @@ def load_model(
     int8 per row, int4 and nf4 in groups of 64), each quantized as it is read, and turned back into floats where
     it is multiplied; the other weights follow ``low_memory``. attn_implementation: "eager" (the
     plain attention, the default) or "tiled" (blocks of keys with an online softmax). fused_kernels: the language
-    model's RMSNorm, SwiGLU gating, RoPE and eager softmax as fused kernels (model/fused.py: the same numbers, fewer
-    kernel launches on a GPU; the same code, unfused, on the CPU; off by default). blocked_matmul: multiply
+    model's RMSNorm, SwiGLU gating and RoPE, and eager attention's softmax (both towers), as fused kernels
+    (model/fused.py: the same numbers, fewer kernel launches on a GPU; the same code, unfused, on the CPU; off by
+    default). blocked_matmul: multiply
     the language model's weights kept at rest (float16 memory-mapped, or quantized) a block of rows at a time on
     ``threads`` threads (None: one per CPU) in a decode step, instead of casting each whole weight first
     (model/blocked.py: the same numbers to float32 rounding, several times faster; off by default, the plain

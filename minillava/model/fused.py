@@ -20,8 +20,8 @@ ndim); one reduction (``xp.sum``/``xp.max`` over axis=-1, which removes the axis
 
 The two sets, ``PLAIN`` (the default and the reference) and ``FUSED``, are what ``LlavaModel(fused_kernels=...)``
 chooses between for the language model (llama.py takes one as ``kernels=``). The fused forms are for the model's
-compute dtypes, float16 and float32 (their statistics in float32, as the plain twins'). The vision towers and
-training use the plain functions.
+compute dtypes, float16 and float32 (their statistics in float32, as the plain twins'). The vision towers use
+the fused attention too (the model's one attention function); training uses the plain functions.
 
 Shape letters: N = any leading axes, D = features, F = MLP size, B = batch, H = query heads, KV = key/value heads,
 Tq = query positions, Tk = key positions, hd = head_dim.

@@ -6,9 +6,9 @@
                     x = x + mlp(RMSNorm(x))            SwiGLU: down(silu(gate(x)) * up(x))
 
 ``attention`` is the attention function every layer calls: ``scaled_dot_product_attention`` (the plain one,
-the default) or ``tiled_attention`` (attention.py: the same numbers, by blocks), as LlavaModel chooses.
-``kernels`` is the set of elementwise chains the layers use (RMSNorm, the MLP's gating, the rotation, eager
-attention's softmax): ``PLAIN`` (the default) or ``FUSED`` (fused.py: the same numbers in fewer GPU kernels).
+the default), ``tiled_attention`` (attention.py: the same numbers, by blocks) or the fused one (fused.py), as
+LlavaModel chooses. ``kernels`` is the set of elementwise chains the layers use (RMSNorm, the MLP's gating, the
+rotation): ``PLAIN`` (the default) or ``FUSED`` (fused.py: the same numbers in fewer GPU kernels).
 
 Shape letters: B = batch, T = new positions in this call, Tk = all key positions (cached + new),
 D = hidden size, F = MLP size, H = query heads, KV = key/value heads, hd = head_dim, V = vocab.
@@ -43,10 +43,6 @@ def self_attention(
     k = kernels.apply_rotary(k, cos, sin)  # [B, KV, T, hd]  (cached keys are stored already rotated)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [B, KV, Tk, hd]
-    # Eager attention is the kernel set's (PLAIN's is this same function, FUSED's fuses its softmax); any other
-    # (tiled attention, with its own online softmax) is used as given.
-    if attention is scaled_dot_product_attention:
-        attention = kernels.attention
     out = merge_heads(attention(q, k, v, mask))  # [B, T, H*hd]
     return linear(out, **params["o_proj"])  # [B, T, D]
 

@@ -43,8 +43,9 @@ class LlavaModel:
     attend with: ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention``
     ("eager", the default) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be set
     there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``fused_kernels``: the language model's
-    elementwise chains (RMSNorm, SwiGLU's gating, RoPE, eager attention's softmax) as fused kernels (fused.FUSED:
-    the same numbers, fewer kernel launches on a GPU) instead of the plain functions (fused.PLAIN, the default).
+    elementwise chains (RMSNorm, SwiGLU's gating, RoPE; ``kernels``) and eager attention's softmax (``attention``,
+    both towers') as fused kernels (fused.FUSED: the same numbers, fewer kernel launches on a GPU) instead of the
+    plain functions (fused.PLAIN, the default).
     ``cuda_graphs``: generation's decode steps run on fixed shapes (static_step.py), recorded once as a CUDA graph
     and replayed on CuPy; on NumPy the same fixed-shape step runs unrecorded. Both off by default: the plain
     functions and the plain step are the reference."""
@@ -75,9 +76,12 @@ class LlavaModel:
         self.dtype = np.dtype(dtype)
         self.xp = backend.namespace(device)
         self.attn_implementation = attn_implementation
-        self.attention = ATTENTION_FUNCTIONS[attn_implementation]  # (q, k, v, mask) -> out, attention.py
         self.fused_kernels = fused_kernels
         self.kernels = FUSED if fused_kernels else PLAIN  # the language model's elementwise chains: fused.py
+        # (q, k, v, mask) -> out: "eager" is the kernel set's attention (PLAIN's the plain function of attention.py,
+        # FUSED's the same with its softmax fused); "tiled" keeps its own online softmax.
+        eager = attn_implementation == "eager"
+        self.attention = self.kernels.attention if eager else ATTENTION_FUNCTIONS[attn_implementation]
         self.cuda_graphs = cuda_graphs  # generation's decode steps on fixed shapes, recorded on a GPU: static_step.py
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]

@@ -198,8 +198,8 @@ def test_the_kernels_are_made_once_per_namespace():
 
 
 def test_fused_kernels_selects_the_fused_set(tiny_checkpoint, monkeypatch):
-    """The option really switches the language model's path: with it the fused kernels run, without it they do
-    not (so the equality tests below compare two different paths)."""
+    """The option really switches the path: with it the fused kernels run, without it they do not (so the equality
+    tests below compare two different paths)."""
     folder = tiny_checkpoint("base", "fresh", "float32", False)
     plain, with_fused = minillava.load_model(folder), minillava.load_model(folder, fused_kernels=True)
     assert plain.fused_kernels is False and with_fused.fused_kernels is True
@@ -210,9 +210,11 @@ def test_fused_kernels_selects_the_fused_set(tiny_checkpoint, monkeypatch):
     plain.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     assert calls == []
     with_fused.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-    n_layers = plain.config.text.num_hidden_layers
-    # Per layer: 2 RMSNorms, q's and k's rotations, the gating, the attention; then the final norm.
-    assert len(calls) == 6 * n_layers + 1 and set(calls) == {np}
+    n_layers, n_vision_layers = plain.config.text.num_hidden_layers, plain.config.vision_layers_needed
+    # Per text layer: 2 RMSNorms, q's and k's rotations, the gating, the attention; the final norm; and the
+    # attention of each vision layer run (the model has one attention function, the kernel set's for "eager").
+    assert len(calls) == 6 * n_layers + 1 + n_vision_layers and set(calls) == {np}
+    assert with_fused.attention is fused.scaled_dot_product_attention is not plain.attention
 
 
 @pytest.mark.parametrize(
