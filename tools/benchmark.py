@@ -283,7 +283,9 @@ def run_minillava(folder: Path, args) -> dict:
     import minillava
 
     start = time.perf_counter()
-    model = minillava.load_model(folder, device=args.device, dtype=args.dtype)
+    model = minillava.load_model(
+        folder, device=args.device, dtype=args.dtype, attn_implementation=args.attn_implementation
+    )
     load_s = time.perf_counter() - start
     cfg = json.loads((folder / ".bench-config.json").read_text())
     input_ids, pixel_values = make_inputs(cfg)
@@ -439,7 +441,7 @@ def spawn(framework: str, folder: Path, args) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--model", str(folder)]
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     command += ["--decode-steps", str(args.decode_steps), "--long-context", str(args.long_context)]
-    command += ["--device", args.device, "--dtype", args.dtype]
+    command += ["--device", args.device, "--dtype", args.dtype, "--attn-implementation", args.attn_implementation]
     proc = subprocess.run(command, env=child_env(framework, args), cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -516,7 +518,7 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"python {platform.python_version()}",
         f"device     {args.device}, {args.dtype}"
         + (f"; GPU: minillava sees {mini['gpu']}, Transformers {hf['gpu']}" if args.device == "cuda" else ""),
-        f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}",
+        f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}, attention {args.attn_implementation}",
         f"           OpenBLAS env {env_note}",
         f"Transf.    transformers {hf['transformers']}, torch {hf['torch']} ({hf['torch_blas']}, "
         f"{hf['torch_threads']} thread(s), attention {hf['attn_implementation']})",
@@ -551,6 +553,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: CuPy against torch on the GPU")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="compute dtype of both")
     parser.add_argument("--long-context", type=int, default=1600, help="cache length for the decode_long phase")
+    parser.add_argument("--attn-implementation", choices=("eager", "tiled"), default="eager",
+                        help="minillava's attention (Transformers keeps its default, sdpa)")  # fmt: skip
     parser.add_argument("--config", help="a published config.json (or its folder): that model, every layer")
     parser.add_argument("--text-layers", type=int, help="language model layers (default 2; --config: the file's)")
     parser.add_argument("--vision-layers", type=int, help="vision tower layers (default 2; --config: the file's)")
