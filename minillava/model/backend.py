@@ -50,6 +50,12 @@ def xp_of(x):
     return own_namespace() if own_namespace is not None else np
 
 
+def is_cupy(xp) -> bool:
+    """Whether the namespace ``xp`` is CuPy itself (not NumPy, nor the tests' stand-in device): where GPU-only work,
+    compiling a fused kernel or recording a CUDA graph, can happen."""
+    return getattr(xp, "__name__", "") == "cupy"
+
+
 def namespace(device: str):
     """The array namespace for a device name."""
     return _cupy() if check_device(device) == "cuda" else np

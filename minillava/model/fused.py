@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from . import attention, layers, rope
-from .backend import xp_of
+from .backend import is_cupy, xp_of
 
 
 @functools.cache
@@ -99,7 +99,7 @@ def kernels_for(xp):
 
     bodies = [sum_of_squares, normalize_and_scale, silu_times, rotate_halves, softmax_max, softmax_sum,
               softmax_normalize]  # fmt: skip
-    if xp.__name__ == "cupy":  # one compiled kernel each (the name is what a profiler shows)
+    if is_cupy(xp):  # one compiled kernel each (the name is what a profiler shows)
         bodies = [xp.fuse(kernel_name=f"minillava_{body.__name__}")(body) for body in bodies]
     return SimpleNamespace(**{body.__name__: body for body in bodies})
 

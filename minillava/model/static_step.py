@@ -30,6 +30,7 @@ Shape letters: B = batch, S = max_len (the cache's positions), V = vocab, T = pr
 
 from __future__ import annotations
 
+from .backend import is_cupy
 from .kv_cache import KVCache
 
 
@@ -77,7 +78,7 @@ class StaticDecodeStep:
         self.key_mask = xp.zeros((B, S), dtype=xp.int64)  # [B, S] 1 where a cached position holds a real token
         self.slot = xp.zeros((1,), dtype=xp.int64)  # [1] the cache position this step writes
         self.slot_cache = SlotCache(cache, self.slot)
-        self.recordable = getattr(xp, "__name__", "") == "cupy"  # NumPy or the tests' stand-in: nothing to record
+        self.recordable = is_cupy(xp)  # NumPy or the tests' stand-in: nothing to record
         self.decode_steps = 0
         self.graph = None  # the recording (cupy.cuda.Graph), once made
         self.graph_logits = None  # [B, V] the array the recording writes its logits into
