@@ -15,10 +15,12 @@ C = channels, S = image side, L = image tokens per image, D = hidden size, V = v
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import backend, clip, generate, siglip, training
-from .attention import ATTENTION_FUNCTIONS
+from .attention import ATTENTION_FUNCTIONS, by_query_blocks
 from .clip import select_features
 from .config import LlavaConfig
 from .fused import FUSED, PLAIN
@@ -40,8 +42,9 @@ class LlavaModel:
     """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the checkpoint's
     modules), the ``device`` ("cpu" or "cuda"), the compute ``dtype``, the special tokens generation stops and pads
     with (``generation_defaults``), and ``attention``, the function both towers attend with:
-    ``ATTENTION_FUNCTIONS[attn_implementation]``, the plain ``scaled_dot_product_attention`` ("eager", the default;
-    its fused twin with ``fused_kernels``) or ``tiled_attention`` ("tiled"). Any function of (q, k, v, mask) may be
+    the plain ``scaled_dot_product_attention`` ("eager", the default; its fused twin with ``fused_kernels``; on the
+    CPU called by ``by_query_blocks``, which skips the keys a block of queries may not see) or ``tiled_attention``
+    ("tiled"). Any function of (q, k, v, mask) may be
     set there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``fused_kernels``: the language model's
     elementwise chains (RMSNorm, SwiGLU's gating, RoPE; ``kernels``) and eager attention's softmax (``attention``,
     both towers') as fused kernels (fused.FUSED: the same numbers, fewer kernel launches on a GPU) instead of the
@@ -77,10 +80,17 @@ class LlavaModel:
         self.attn_implementation = attn_implementation
         self.fused_kernels = fused_kernels
         self.kernels = FUSED if fused_kernels else PLAIN  # the language model's elementwise chains: fused.py
-        # (q, k, v, mask) -> out: "eager" is the kernel set's attention (PLAIN's the plain function of attention.py,
-        # FUSED's the same with its softmax fused); "tiled" keeps its own online softmax.
-        eager = attn_implementation == "eager"
-        self.attention = self.kernels.attention if eager else ATTENTION_FUNCTIONS[attn_implementation]
+        # (q, k, v, mask) -> out. "eager" is the kernel set's attention (PLAIN's the plain function of attention.py,
+        # FUSED's the same with its softmax fused), on the CPU a block of queries at a time, each block against only
+        # the keys it may see (attention.by_query_blocks: the same numbers to float32 rounding, about half the work of
+        # a causal prefill; on a GPU, where that has not been measured, the whole matrix at once). "tiled" keeps its
+        # own loop and online softmax.
+        if attn_implementation == "tiled":
+            self.attention = ATTENTION_FUNCTIONS["tiled"]
+        elif self.xp is np:
+            self.attention = functools.partial(by_query_blocks, attention=self.kernels.attention)
+        else:
+            self.attention = self.kernels.attention
         self.cuda_graphs = cuda_graphs  # generation's decode steps on fixed shapes, recorded on a GPU: static_step.py
         text = config.text
         self.inv_freq = inverse_frequencies(self.xp, text.head_dim, text.rope_theta, text.rope_scaling)  # [hd/2]

@@ -161,7 +161,11 @@ def test_never_holds_the_score_matrix(rng):
 
 def test_attn_implementation_selects_the_function(tiny_checkpoint):
     folder = tiny_checkpoint("base", "fresh", "float32", False)
-    assert minillava.load_model(folder).attention is attention.scaled_dot_product_attention  # the default
+    default = minillava.load_model(folder).attention  # eager: the plain function, by blocks of queries on the CPU
+    assert (
+        default.func is attention.by_query_blocks
+        and default.keywords["attention"] is attention.scaled_dot_product_attention
+    )
     tiled = minillava.load_model(folder, attn_implementation="tiled")
     assert tiled.attn_implementation == "tiled" and tiled.attention is attention.tiled_attention
     with pytest.raises(ValueError, match=r"attn_implementation must be one of \('eager', 'tiled'\), got 'flash'"):
