@@ -333,11 +333,21 @@ def run_minillava(folder: Path, args) -> dict:
             load_s, preprocess_s, encode_s, prefill_s, decode_s, decode_long_s, tokens, input_ids, long_ids
         ),
         "clip_layers_run": model.config.vision_layers_needed,
+        "attention": describe_attention(model),
         "gpu": f"{gpu}, CuPy {cupy.__version__}" if args.device == "cuda" else None,
         "numpy": np.__version__,
         "blas": blas_info(),
         "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_MACHINE_VARS},
     }
+
+
+def describe_attention(model) -> str:
+    """How the model attends: its attn_implementation, and the blocks of queries it is called by (on the CPU)."""
+    from minillava.model.attention import QUERY_BLOCK, by_query_blocks
+
+    blocks = getattr(model.attention, "func", None) is by_query_blocks
+    size = model.attention.keywords.get("block_size", QUERY_BLOCK) if blocks else None
+    return model.attn_implementation + (f", by blocks of {size} queries" if blocks else "")
 
 
 def run_transformers(folder: Path, args) -> dict:
@@ -518,7 +528,7 @@ def report(cfg: dict, rounds: list[dict], summary: dict, args) -> str:
         f"python {platform.python_version()}",
         f"device     {args.device}, {args.dtype}"
         + (f"; GPU: minillava sees {mini['gpu']}, Transformers {hf['gpu']}" if args.device == "cuda" else ""),
-        f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}, attention {args.attn_implementation}",
+        f"minillava  numpy {mini['numpy']}, BLAS: {describe_blas(mini['blas'])}, attention {mini['attention']}",
         f"           OpenBLAS env {env_note}",
         f"Transf.    transformers {hf['transformers']}, torch {hf['torch']} ({hf['torch_blas']}, "
         f"{hf['torch_threads']} thread(s), attention {hf['attn_implementation']})",
