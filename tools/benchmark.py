@@ -157,6 +157,15 @@ def is_siglip(cfg: dict) -> bool:
     return cfg["vision_config"].get("model_type") == "siglip_vision_model"
 
 
+def checkpoint_folder(cfg: dict, args) -> Path:
+    """Where the model of ``cfg`` is kept: ``--cache-dir``, or .fixtures/bench-<model>-t<text layers>-v<vision
+    layers>-f<feature layer> (e.g. bench-7b-t2-v2-f-2)."""
+    base = Path(args.config).resolve().name.removesuffix(".json") if args.config else "tiny" if args.smoke else "7b"
+    layers = (cfg["text_config"].get("num_hidden_layers", "all"), cfg["vision_config"].get("num_hidden_layers", "all"))
+    sizes = f"{base}-t{layers[0]}-v{layers[1]}-f{cfg['vision_feature_layer']}"
+    return args.cache_dir or REPO / ".fixtures" / f"bench-{sizes}"
+
+
 def ensure_checkpoint(cfg: dict, folder: Path) -> Path:
     """Build and save the random model unless ``folder`` already holds it (same config)."""
     stamp = folder / ".bench-config.json"
@@ -591,10 +600,7 @@ def main(argv=None) -> None:
         args.rounds, args.repeats, args.decode_steps, args.long_context = 1, 1, 2, 100
 
     cfg = llava_config(args)
-    base = Path(args.config).resolve().name.removesuffix(".json") if args.config else "tiny" if args.smoke else "7b"
-    layers = (cfg["text_config"].get("num_hidden_layers", "all"), cfg["vision_config"].get("num_hidden_layers", "all"))
-    sizes = f"{base}-t{layers[0]}-v{layers[1]}-f{cfg['vision_feature_layer']}"
-    folder = ensure_checkpoint(cfg, args.cache_dir or REPO / ".fixtures" / f"bench-{sizes}")
+    folder = ensure_checkpoint(cfg, checkpoint_folder(cfg, args))
 
     rounds, start, cpu_before = [], time.perf_counter(), cpu_seconds()
     for i in range(args.rounds):
