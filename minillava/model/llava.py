@@ -41,11 +41,11 @@ VISION_TOWERS = {"clip_vision_model": clip.vision_tower, "siglip_vision_model": 
 class LlavaModel:
     """A loaded LLaVA: ``config`` (LlavaConfig), ``params`` (nested dict of arrays named like the checkpoint's
     modules), the ``device`` ("cpu" or "cuda"), the compute ``dtype``, the special tokens generation stops and pads
-    with (``generation_defaults``), and ``attention``, the function both towers attend with:
-    the plain ``scaled_dot_product_attention`` ("eager", the default; its fused twin with ``fused_kernels``; on the
-    CPU called by ``by_query_blocks``, which skips the keys a block of queries may not see) or ``tiled_attention``
-    ("tiled"). Any function of (q, k, v, mask) may be
-    set there, e.g. ``functools.partial(tiled_attention, block_size=32)``. ``fused_kernels``: the language model's
+    with (``generation_defaults``), and ``attention``, the function both towers attend with: the plain
+    ``scaled_dot_product_attention`` ("eager", the default; its fused twin with ``fused_kernels``; on the CPU called
+    by ``by_query_blocks``, which skips the keys a block of queries may not see) or ``tiled_attention`` ("tiled").
+    Any function of (q, k, v, mask) may be set there, e.g. ``functools.partial(tiled_attention, block_size=32)``
+    or the plain function itself, the whole matrix at once. ``fused_kernels``: the language model's
     elementwise chains (RMSNorm, SwiGLU's gating, RoPE; ``kernels``) and eager attention's softmax (``attention``,
     both towers') as fused kernels (fused.FUSED: the same numbers, fewer kernel launches on a GPU) instead of the
     plain functions (fused.PLAIN, the default). ``cuda_graphs``: generation's decode steps run on fixed shapes
