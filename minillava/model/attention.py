@@ -145,10 +145,9 @@ def by_query_blocks(q, k, v, mask=None, attention=scaled_dot_product_attention, 
     a key hidden from every one of them gets the score float32 min, and exp(float32 min - row max) is exactly 0:
     it adds nothing to the softmax's sum and nothing to the weighted sum of the values. So leaving those keys
     out gives the same scores, the same row maxima and the same products; only the softmax's sums run over
-    fewer terms, in another order (within float32 rounding: 9e-8 of the output's largest magnitude, measured at 600
-    positions). Each block's
-    scores, [B, H, 128, n], are also a few MiB instead of the whole matrix. torch's scaled_dot_product_attention
-    (Transformers' default, "sdpa") skips the same blocks in its CPU kernel.
+    fewer terms, in another order (within float32 rounding: 9e-8 of the output's largest magnitude, measured at
+    600 positions). Each block's scores, [B, H, 128, n], are also a few MiB instead of the whole matrix. torch's
+    scaled_dot_product_attention (Transformers' default, "sdpa") skips the same blocks in its CPU kernel.
 
     Every key is kept for a block with a query that sees no key at all (a padding query of a left-padded
     batch): the plain attention makes its row uniform over all Tk keys. Without a mask (CLIP, SigLIP: every

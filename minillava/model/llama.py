@@ -6,9 +6,10 @@
                     x = x + mlp(RMSNorm(x))            SwiGLU: down(silu(gate(x)) * up(x))
 
 ``attention`` is the attention function every layer calls: ``scaled_dot_product_attention`` (the plain one,
-the default), ``tiled_attention`` (attention.py: the same numbers, by blocks) or the fused one (fused.py), as
-LlavaModel chooses. ``kernels`` is the set of elementwise chains the layers use (RMSNorm, the MLP's gating, the
-rotation): ``PLAIN`` (the default) or ``FUSED`` (fused.py: the same numbers in fewer GPU kernels).
+the default; on the CPU the model calls it through ``by_query_blocks``, which leaves out the keys a causal mask
+hides from a whole block of queries), ``tiled_attention`` (attention.py: the same numbers, by blocks) or the fused
+one (fused.py), as LlavaModel chooses. ``kernels`` is the set of elementwise chains the layers use (RMSNorm, the
+MLP's gating, the rotation): ``PLAIN`` (the default) or ``FUSED`` (fused.py: the same numbers in fewer GPU kernels).
 
 Shape letters: B = batch, T = new positions in this call, Tk = all key positions (cached + new),
 D = hidden size, F = MLP size, H = query heads, KV = key/value heads, hd = head_dim, V = vocab.

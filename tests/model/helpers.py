@@ -72,6 +72,16 @@ def hf_logits(hf, input_ids, attention_mask, pixel_values):
 BATCH = [[3, "img", 5, "img", 2], [4, "img", 6]]  # two images in row 0, one in the shorter row 1
 
 
+def rel_err_to_transformers(model, hf, seed):
+    """The model's logits on a left-padded BATCH (inputs from ``seed``) against Transformers' ``hf`` on the same
+    inputs, at the real positions (padding positions are garbage in both, and differ by the attention used)."""
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(seed), BATCH)
+    ours = model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)  # [B, T, V]
+    ref = hf_logits(hf, input_ids, attention_mask, pixel_values)  # [B, T, V]
+    real = attention_mask.astype(bool)  # [B, T]
+    return rel_err(ours[real], ref[real])
+
+
 def central_difference(f, x, index, h=1e-6):
     """(f(x + h e_i) - f(x - h e_i)) / 2h for one entry i = index of the float64 array x, changed in place and
     restored: the numerical derivative a backward's gradient is checked against."""

@@ -14,7 +14,7 @@ import torch
 import minillava
 from minillava.model import attention, fused
 
-from .helpers import BATCH, LOGITS_TOL, hf_logits, logits_in_steps, make_inputs, rel_err
+from .helpers import BATCH, LOGITS_TOL, logits_in_steps, make_inputs, rel_err, rel_err_to_transformers
 from .test_tiled_attention import MODEL_TOL, TILED_TOL, qkv
 
 BLOCK_SIZES = [1, 3, 7, 64, 1000]  # 1, sizes that do not divide the lengths (3, 7), one that does (64), one > T
@@ -170,8 +170,4 @@ def test_cached_steps_and_greedy_generation(whole_and_blocks):
 
 def test_logits_still_match_transformers(whole_and_blocks, hf_model):
     _, blocks, folder = whole_and_blocks
-    input_ids, attention_mask, pixel_values = make_inputs(blocks.config, np.random.default_rng(3), BATCH)
-    ours = blocks.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-    ref = hf_logits(hf_model(folder), input_ids, attention_mask, pixel_values)
-    real = attention_mask.astype(bool)
-    assert rel_err(ours[real], ref[real]) <= LOGITS_TOL
+    assert rel_err_to_transformers(blocks, hf_model(folder), seed=3) <= LOGITS_TOL

@@ -17,7 +17,7 @@ from minillava import parity
 from minillava.model import attention
 from minillava.model.kv_cache import KVCache
 
-from .helpers import BATCH, LOGITS_TOL, hf_logits, logits_in_steps, make_inputs, rel_err
+from .helpers import BATCH, LOGITS_TOL, logits_in_steps, make_inputs, rel_err, rel_err_to_transformers
 
 TILED_TOL = 1e-6  # tiled vs plain, float32: the same sums in another order
 # The whole model, tiled against eager: each attention call differs by float32 rounding alone (TILED_TOL), which
@@ -219,11 +219,7 @@ def test_greedy_generation_equals_the_eager_one_token_for_token(eager_and_tiled)
 def test_logits_still_match_transformers(eager_and_tiled, hf_model):
     eager, tiled, folder = eager_and_tiled
     tiled.attention = attention.tiled_attention
-    input_ids, attention_mask, pixel_values = make_inputs(eager.config, np.random.default_rng(3), BATCH)
-    ours = tiled.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-    ref = hf_logits(hf_model(folder), input_ids, attention_mask, pixel_values)
-    real = attention_mask.astype(bool)
-    assert rel_err(ours[real], ref[real]) <= LOGITS_TOL
+    assert rel_err_to_transformers(tiled, hf_model(folder), seed=3) <= LOGITS_TOL
 
 
 def test_parity_report_passes_with_tiled_attention(tiny_checkpoint, device):
