@@ -51,17 +51,6 @@ def bench_namespace(args) -> argparse.Namespace:
                               vision_feature_layer=None, cache_dir=None)  # fmt: skip
 
 
-def median_time(fn, repeats: int) -> float:
-    """A warm-up call, then the median seconds of ``repeats`` calls."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def instrumented_runs(prefill, spent: dict, repeats: int) -> list[dict]:
     """A warm-up, then ``repeats`` prefills: each one's wall time and what the timed products added up in ``spent``
     (seconds, flop, calls) meanwhile."""
@@ -87,7 +76,7 @@ def parts_of(runs: list[dict]) -> dict:
 def run_minillava(folder: Path, cfg: dict, repeats: int) -> dict:
     sys.path.insert(0, str(REPO))
     import numpy as np
-    from benchmark import make_inputs
+    from benchmark import make_inputs, timed
 
     import minillava
     from minillava.model import layers
@@ -99,7 +88,7 @@ def run_minillava(folder: Path, cfg: dict, repeats: int) -> dict:
         cache = model.new_cache(1, input_ids.shape[1] + 1)
         return model.forward_device(input_ids, pixel_values=pixel_values, cache=cache, last_only=True)
 
-    whole = median_time(prefill, repeats)
+    whole, _ = timed(prefill, repeats)  # a warm-up, then the median of the repeats
 
     plain_linear = layers.linear
     spent = {"seconds": 0.0, "flop": 0, "calls": 0}
@@ -122,7 +111,7 @@ def run_minillava(folder: Path, cfg: dict, repeats: int) -> dict:
     finally:
         for module in patched:
             module.linear = plain_linear
-    return {"whole_s": whole, **parts_of(runs), "numpy": np.__version__,
+    return {"whole_s": whole, **parts_of(runs), "prompt_tokens": input_ids.shape[1], "numpy": np.__version__,
             "vision_layers_run": model.config.vision_layers_needed}  # fmt: skip
 
 
@@ -130,7 +119,7 @@ def run_transformers(folder: Path, cfg: dict, repeats: int, threads: int) -> dic
     import math
 
     import torch
-    from benchmark import make_inputs
+    from benchmark import make_inputs, timed
     from transformers import LlavaForConditionalGeneration
 
     torch.set_num_threads(threads)
@@ -141,12 +130,12 @@ def run_transformers(folder: Path, cfg: dict, repeats: int, threads: int) -> dic
     def prefill():
         return model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, logits_to_keep=1)
 
-    whole = median_time(prefill, repeats)
+    whole, _ = timed(prefill, repeats)
 
     plain_linear, plain_conv = torch.nn.Linear.forward, torch.nn.Conv2d.forward
     spent = {"seconds": 0.0, "flop": 0, "calls": 0}
 
-    def timed(forward, flop_of):
+    def timing(forward, flop_of):
         def timed_forward(module, x):
             start = time.perf_counter()
             y = forward(module, x)  # torch on the CPU returns when the product is done
@@ -158,8 +147,8 @@ def run_transformers(folder: Path, cfg: dict, repeats: int, threads: int) -> dic
         return timed_forward
 
     # As minillava's: 2 N D F for a linear layer; a convolution, 2 multiply-adds per output and kernel entry.
-    torch.nn.Linear.forward = timed(plain_linear, lambda m, x, y: 2 * x.numel() * m.out_features)
-    torch.nn.Conv2d.forward = timed(
+    torch.nn.Linear.forward = timing(plain_linear, lambda m, x, y: 2 * x.numel() * m.out_features)
+    torch.nn.Conv2d.forward = timing(
         plain_conv, lambda m, x, y: 2 * y.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
     )
     try:
@@ -204,11 +193,11 @@ def summarize(rounds: list[dict]) -> dict:
     return summary
 
 
-def report(rounds: list[dict], summary: dict, args, n_tokens: int) -> str:
+def report(rounds: list[dict], summary: dict, args) -> str:
     mini, hf = rounds[-1]["minillava"], rounds[-1]["transformers"]
     lines = [
         f"model      tools/benchmark.py's ({'tiny, --smoke' if args.smoke else WIDTHS}), "
-        f"prompt of {n_tokens} tokens with 1 image, float32, {args.threads} thread(s) per framework",
+        f"prompt of {mini['prompt_tokens']} tokens with 1 image, float32, {args.threads} thread(s) per framework",
         f"libraries  numpy {mini['numpy']} (OpenBLAS) | torch {hf['torch']} (BLAS {hf['torch_blas']})",
         f"runs       {len(rounds)} round(s) alternating minillava / Transformers, each a warm-up + {args.repeats} "
         "prefills for the whole and as many for the products, medians",
@@ -266,12 +255,8 @@ def main(argv=None) -> None:
             print(f"round {i + 1}/{args.rounds}: {framework} ...", file=sys.stderr, flush=True)
             result[framework] = spawn(framework, folder, args)
         rounds.append(result)
-    sys.path.insert(0, str(REPO))
-    from benchmark import make_inputs
-
-    n_tokens = make_inputs(cfg)[0].shape[1]
     summary = summarize(rounds)
-    print(report(rounds, summary, args, n_tokens))
+    print(report(rounds, summary, args))
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "summary": summary,
                                          "rounds": rounds}, indent=2) + "\n")  # fmt: skip

@@ -82,6 +82,13 @@ def rel_err_to_transformers(model, hf, seed):
     return rel_err(ours[real], ref[real])
 
 
+def greedy_tokens(model, seed, max_new_tokens=24):
+    """The model's greedy generation on a left-padded BATCH (inputs from ``seed``), never stopping early: the tokens
+    two ways of computing the same model must agree on, token for token.  -> [B, T + max_new_tokens]"""
+    input_ids, attention_mask, pixel_values = make_inputs(model.config, np.random.default_rng(seed), BATCH)
+    return model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=None)
+
+
 def central_difference(f, x, index, h=1e-6):
     """(f(x + h e_i) - f(x - h e_i)) / 2h for one entry i = index of the float64 array x, changed in place and
     restored: the numerical derivative a backward's gradient is checked against."""
